@@ -1,0 +1,5 @@
+"""Client side of streamscribe: push call audio, read transcript events."""
+
+from producer.client import Producer, SessionWriter
+
+__all__ = ["Producer", "SessionWriter"]

@@ -1,0 +1,53 @@
+"""ASR options: the guide's ``ASRConfig`` fields plus device, compute type and decoding."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.errors import ConfigError
+
+
+class ASRConfig(BaseModel):
+    """Options that select and tune a streaming recogniser.
+
+    Validated once here, at the public entry point; a bad value raises
+    :class:`~worker.errors.ConfigError` naming the field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = Field("base", min_length=1, description="Model name or path (base, small, large-v3, ...)")
+    lan: str = Field("en", min_length=1, description="Language code, or 'auto' to detect")
+    task: Literal["transcribe", "translate"] = "transcribe"
+    backend: str = Field("faster-whisper", min_length=1, description="Name in MODEL_LOADERS")
+    min_chunk_size: float = Field(1.0, gt=0, le=30, description="Seconds of new audio per iteration")
+    buffer_trimming: Literal["segment", "sentence"] = "segment"
+    buffer_trimming_sec: float = Field(15.0, gt=0, le=30, description="Trim the buffer past this length")
+    vad: bool = Field(True, description="Skip audio that Silero VAD finds no speech in")
+    vac: bool = Field(False, description="Commit the tail at the end of each voiced stretch")
+    device: str = Field("auto", description="auto, cpu or cuda[:N]")
+    compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
+    beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding")
+    no_speech_threshold: float = Field(0.6, ge=0, le=1, description="Drop segments above this")
+    input_sample_rate: int = Field(
+        16000, ge=8000, le=192000, description="Rate of the audio given to the processor; resampled to 16 kHz"
+    )
+    model_dir: str | None = Field(None, description="Load the model from this directory")
+    cache_dir: str | None = Field(None, description="Where downloaded or joined models live")
+
+    @classmethod
+    def parse(cls, **values: Any) -> ASRConfig:
+        """Build a config, turning validation errors into one clear :class:`ConfigError`."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {err.get('input')!r})"
+                for err in e.errors()
+            )
+            raise ConfigError(f"invalid ASR configuration: {problems}") from e
+
+    def replace(self, **changes: Any) -> ASRConfig:
+        return ASRConfig.parse(**{**self.model_dump(), **changes})

@@ -1,0 +1,179 @@
+"""The extension contracts of the integration guide (``../shared/seed``), typed.
+
+* :class:`ASRBase` is the model contract: a backend transcribes a 16 kHz float32 buffer and
+  exposes word timestamps and segment ends of its result.
+* :class:`ASRProcessor` is the real-time wrapper contract that the worker drives. Beyond the
+  guide it can :meth:`~ASRProcessor.snapshot` and :meth:`~ASRProcessor.restore` itself, which
+  is what lets another worker resume a call after a crash.
+* :class:`ModelLoader` turns an :class:`~worker.asr.config.ASRConfig` into a processor.
+
+A backend written for the guide (subclass ``ASRBase``, wrap it in ``OnlineASRProcessor``,
+register a loader) plugs in unchanged; see ``worker.backends.registry`` for registration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from worker.asr.config import ASRConfig
+
+
+class Word(NamedTuple):
+    """One recognised word with absolute times in seconds.
+
+    Backends may return plain ``(start, end, text)`` triples as the guide says; the processor
+    turns them into ``Word`` with ``probability`` 1.0.
+    """
+
+    start: float
+    end: float
+    text: str
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Text committed by one processor step.
+
+    It unpacks like the guide's ``(beg, end, text)`` triple, so ``b, e, t = proc.process_iter()``
+    keeps working; ``start`` and ``end`` are ``None`` when nothing was committed.
+    """
+
+    start: float | None
+    end: float | None
+    text: str
+    words: tuple[Word, ...] = field(default=())
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.start
+        yield self.end
+        yield self.text
+
+    @property
+    def empty(self) -> bool:
+        return not self.words and not self.text
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    """One transcribe call, prepared by a processor so that the worker can batch many of them."""
+
+    audio: np.ndarray
+    init_prompt: str = ""
+
+
+class ASRBase:
+    """Base class of model backends (the guide's ``ASRBase``).
+
+    Subclasses implement :meth:`transcribe`, :meth:`ts_words` and :meth:`segments_end_ts`, and
+    usually :meth:`load_model`. A subclass that sets ``self.model`` itself before calling
+    ``super().__init__`` (as the guide's example does) keeps its model.
+    """
+
+    #: Joins words into text. faster-whisper words carry their leading space, so it uses "".
+    sep: str = " "
+
+    def __init__(
+        self,
+        lan: str,
+        modelsize: str | None = None,
+        cache_dir: str | None = None,
+        model_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.original_language = None if lan in ("auto", "", None) else lan
+        self.modelsize = modelsize
+        self.transcribe_kargs: dict[str, Any] = {}
+        if getattr(self, "model", None) is None:
+            self.model = self.load_model(modelsize, cache_dir, model_dir, **kwargs)
+
+    def load_model(
+        self,
+        modelsize: str | None = None,
+        cache_dir: str | None = None,
+        model_dir: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Load and return the model object; the default loads nothing."""
+        return None
+
+    def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> Any:
+        """Transcribe a 16 kHz mono float32 buffer; the result's shape is the backend's own."""
+        raise NotImplementedError
+
+    def transcribe_batch(self, items: Sequence[tuple[np.ndarray, str]]) -> list[Any]:
+        """Transcribe several ``(audio, init_prompt)`` pairs; results in the same order.
+
+        The default loops over :meth:`transcribe`. A backend overrides it with a truly batched
+        call; the worker already gathers the requests of every ready session into one call.
+        """
+        return [self.transcribe(audio, init_prompt=prompt) for audio, prompt in items]
+
+    def ts_words(self, result: Any) -> list[tuple[float, float, str]] | list[Word]:
+        """Words of a result as ``(start, end, word)``, in seconds relative to the buffer."""
+        raise NotImplementedError
+
+    def segments_end_ts(self, result: Any) -> list[float]:
+        """End times of the result's segments, in seconds relative to the buffer."""
+        raise NotImplementedError
+
+    def use_vad(self) -> None:
+        """Turn on the backend's voice activity filter."""
+        raise NotImplementedError(f"{type(self).__name__} has no voice activity filter")
+
+    def set_translate_task(self) -> None:
+        self.transcribe_kargs["task"] = "translate"
+
+
+@runtime_checkable
+class ASRProcessor(Protocol):
+    """The real-time wrapper that the worker drives (the guide's ``ASRProcessor``)."""
+
+    def init(self, offset: float = 0.0) -> None:
+        """Reset to an empty stream whose first sample lies at ``offset`` seconds."""
+
+    def insert_audio_chunk(self, audio: np.ndarray) -> None:
+        """Append audio to the processor's buffer."""
+
+    def process_iter(self) -> Committed:
+        """Transcribe the buffer and return the newly committed text."""
+
+    def finish(self) -> Committed:
+        """Return the uncommitted tail at the end of the stream."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """A msgpack-serialisable state with no audio in it."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a state taken by :meth:`snapshot` (the audio is then inserted again)."""
+
+
+@runtime_checkable
+class BatchableProcessor(ASRProcessor, Protocol):
+    """A processor whose iteration splits around its transcribe call, so calls can be batched.
+
+    ``process_iter()`` is ``complete_iter(asr.transcribe_batch([prepare_iter()])[0])``.
+    """
+
+    asr: ASRBase
+
+    def prepare_iter(self) -> TranscribeRequest | None:
+        """The transcribe call this iteration needs, or ``None`` when it can be skipped."""
+
+    def complete_iter(self, result: Any) -> Committed:
+        """Finish an iteration with the backend's result for :meth:`prepare_iter`'s request."""
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """Creates a processor for a configuration (the guide's ``ModelLoader``).
+
+    ``metadata`` is free-form; the worker reads ``separator`` and ``sample_rate`` if present.
+    """
+
+    def load(self, config: ASRConfig) -> tuple[ASRProcessor, dict[str, Any]]: ...

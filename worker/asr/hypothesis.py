@@ -1,0 +1,112 @@
+"""LocalAgreement-2: text is committed once two consecutive hypotheses agree on it.
+
+This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and checkpointable:
+
+* :meth:`HypothesisBuffer.insert` takes a new hypothesis (words with times relative to the
+  audio buffer), keeps the words that lie after the last committed time, and removes a 1-5
+  word n-gram that repeats the tail of what was already committed (Whisper re-reads the audio
+  of committed words at the start of the buffer, so it tends to say them again).
+* :meth:`HypothesisBuffer.flush` commits the longest common prefix of the previous hypothesis
+  and the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from worker.asr.contracts import Word
+
+#: Words that start before the last committed time minus this slack are old news.
+_START_SLACK_SEC = 0.1
+#: The n-gram dedupe only runs when the new hypothesis starts this close to the commit point.
+_NGRAM_WINDOW_SEC = 1.0
+_MAX_NGRAM = 5
+
+
+def as_word(raw: Sequence[Any], offset: float = 0.0) -> Word:
+    """Normalise a backend's ``(start, end, text[, probability])`` into a :class:`Word`."""
+    probability = float(raw[3]) if len(raw) > 3 else 1.0
+    return Word(float(raw[0]) + offset, float(raw[1]) + offset, str(raw[2]), probability)
+
+
+class HypothesisBuffer:
+    """Holds the unconfirmed hypothesis and the committed words that the audio buffer covers."""
+
+    def __init__(self) -> None:
+        self.committed_in_buffer: list[Word] = []
+        self.buffer: list[Word] = []
+        self.new: list[Word] = []
+        self.last_committed_time = 0.0
+        self.last_committed_word: str | None = None
+
+    def insert(self, new: Iterable[Sequence[Any]], offset: float) -> None:
+        """Take a hypothesis whose times are relative to ``offset`` seconds."""
+        words = [as_word(w, offset) for w in new]
+        self.new = [w for w in words if w.start > self.last_committed_time - _START_SLACK_SEC]
+        if not self.new or not self.committed_in_buffer:
+            return
+        if abs(self.new[0].start - self.last_committed_time) >= _NGRAM_WINDOW_SEC:
+            return
+        longest = min(len(self.committed_in_buffer), len(self.new), _MAX_NGRAM)
+        for n in range(1, longest + 1):
+            committed_tail = [w.text for w in self.committed_in_buffer[-n:]]
+            new_head = [w.text for w in self.new[:n]]
+            # a re-read repeats committed audio; a word said again starts after the commit point
+            if committed_tail == new_head and self.new[n - 1].start < self.last_committed_time:
+                del self.new[:n]
+                break
+
+    def flush(self) -> list[Word]:
+        """Commit and return the longest common prefix of the last two hypotheses."""
+        commit: list[Word] = []
+        while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
+            word = self.new.pop(0)
+            self.buffer.pop(0)
+            commit.append(word)
+        if commit:
+            self.last_committed_word = commit[-1].text
+            self.last_committed_time = commit[-1].end
+        self.buffer = self.new
+        self.new = []
+        self.committed_in_buffer.extend(commit)
+        return commit
+
+    def force_commit(self) -> list[Word]:
+        """Commit the whole unconfirmed hypothesis (end of stream, end of voice, hard cap)."""
+        commit, self.buffer = self.buffer, []
+        if commit:
+            self.last_committed_word = commit[-1].text
+            self.last_committed_time = commit[-1].end
+        self.committed_in_buffer.extend(commit)
+        return commit
+
+    def pop_committed(self, time: float) -> list[Word]:
+        """Forget committed words that end at or before ``time``; return them."""
+        k = 0
+        while k < len(self.committed_in_buffer) and self.committed_in_buffer[k].end <= time:
+            k += 1
+        popped = self.committed_in_buffer[:k]
+        del self.committed_in_buffer[:k]
+        return popped
+
+    def complete(self) -> list[Word]:
+        """The current unconfirmed hypothesis."""
+        return list(self.buffer)
+
+    # -- checkpointing ---------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "committed": [list(w) for w in self.committed_in_buffer],
+            "buffer": [list(w) for w in self.buffer],
+            "last_time": self.last_committed_time,
+            "last_word": self.last_committed_word,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.committed_in_buffer = [as_word(w) for w in state["committed"]]
+        self.buffer = [as_word(w) for w in state["buffer"]]
+        self.new = []
+        self.last_committed_time = float(state["last_time"])
+        self.last_committed_word = state["last_word"]

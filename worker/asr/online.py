@@ -1,0 +1,276 @@
+"""Streaming recognition with LocalAgreement-2 (whisper_streaming's ``OnlineASRProcessor``).
+
+Each iteration re-transcribes the audio buffer, commits what two consecutive hypotheses agree
+on, and trims the buffer behind committed text so it never grows without bound. Differences
+from the original, each on purpose:
+
+* The prompt is the last ~200 characters of committed text *before* the buffer, including the
+  last such word (the original skips it).
+* Committed words are kept only while the buffer covers them, plus the prompt's tail: memory is
+  bounded for calls that last hours.
+* A hard cap: if nothing commits, the buffer is force-cut before Whisper's 30 s window.
+* With ``vad`` on, an iteration whose new audio holds no speech (and with no hypothesis pending)
+  skips the transcribe call and drops the silent audio.
+* Words of segments whose no-speech probability is high are dropped by the backend.
+* The audio buffer holds samples at the input rate, and positions are whole samples, so that a
+  snapshot restored on another machine and fed the same audio reproduces every later output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
+from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
+from worker.asr.hypothesis import HypothesisBuffer
+from worker.errors import SnapshotError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 1
+#: Characters of committed text given to Whisper as the initial prompt.
+PROMPT_CHARS = 200
+#: Whisper reads 30 s windows; the buffer is force-cut before it reaches that.
+MAX_BUFFER_SEC = 28.0
+#: When the buffer holds no words at all, keep this much of its end (a word may be starting).
+KEEP_UNVOICED_SEC = 1.0
+#: With ``vac``, this much silence after speech ends a voiced stretch and commits its tail.
+VAC_SILENCE_SEC = 0.8
+_SENTENCE_END = re.compile(r"[.!?…。？！]['\"”’)\]]*$")
+
+
+class OnlineASRProcessor:
+    """Turns a growing audio stream into committed text; see the module docstring.
+
+    ``sample_rate`` is the rate of the audio given to :meth:`insert_audio_chunk` (telephony
+    8 kHz is fine); it is resampled to 16 kHz for each transcribe call.
+    """
+
+    def __init__(
+        self,
+        asr: ASRBase,
+        tokenizer: Any = None,
+        buffer_trimming: tuple[str, float] = ("segment", 15),
+        min_chunk_sec: float = 1.0,
+        logfile: Any = None,
+        *,
+        sample_rate: int = WHISPER_SAMPLE_RATE,
+        vad: bool = False,
+        vac: bool = False,
+        max_buffer_sec: float = MAX_BUFFER_SEC,
+    ) -> None:
+        self.asr = asr
+        self.tokenizer = tokenizer  # accepted for the guide's signature; sentences split on punctuation
+        self.buffer_trimming_way, trimming_sec = buffer_trimming
+        if self.buffer_trimming_way not in ("segment", "sentence"):
+            raise ValueError(f"buffer_trimming must be 'segment' or 'sentence', not {self.buffer_trimming_way!r}")
+        self.buffer_trimming_sec = float(trimming_sec)
+        self.min_chunk_sec = float(min_chunk_sec)
+        self.sample_rate = int(sample_rate)
+        self.vad = vad
+        self.vac = vac
+        self.max_buffer_sec = min(float(max_buffer_sec), MAX_BUFFER_SEC)
+        self.init()
+
+    # -- the guide's contract ----------------------------------------------------------------
+
+    def init(self, offset: float = 0.0) -> None:
+        start = round((offset or 0.0) * self.sample_rate)
+        self.audio_buffer = np.zeros(0, dtype=np.float32)
+        self.buffer_start = start
+        self.processed_end = start
+        self.transcript_buffer = HypothesisBuffer()
+        self.transcript_buffer.last_committed_time = start / self.sample_rate
+        self.prompt_words: deque[str] = deque()
+        self._pending: TranscribeRequest | None = None
+
+    def insert_audio_chunk(self, audio: np.ndarray) -> None:
+        chunk = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self.audio_buffer = np.concatenate([self.audio_buffer, chunk])
+
+    def process_iter(self) -> Committed:
+        request = self.prepare_iter()
+        if request is None:
+            return self.complete_iter(None)
+        result = self.asr.transcribe(request.audio, init_prompt=request.init_prompt)
+        return self.complete_iter(result)
+
+    def finish(self) -> Committed:
+        """Commit the unconfirmed tail; the stream is over."""
+        words = self.transcript_buffer.force_commit()
+        self._trim_to(self.buffer_end / self.sample_rate)
+        return self._committed(words)
+
+    # -- positions ---------------------------------------------------------------------------
+
+    @property
+    def buffer_end(self) -> int:
+        """Absolute sample index one past the last inserted sample."""
+        return self.buffer_start + self.audio_buffer.shape[0]
+
+    @property
+    def buffer_time_offset(self) -> float:
+        return self.buffer_start / self.sample_rate
+
+    @property
+    def unprocessed_sec(self) -> float:
+        return (self.buffer_end - self.processed_end) / self.sample_rate
+
+    def is_due(self) -> bool:
+        """Enough new audio arrived for another iteration."""
+        return self.unprocessed_sec >= self.min_chunk_sec
+
+    # -- one iteration, split around the transcribe call so the worker can batch it ----------
+
+    def prepare_iter(self) -> TranscribeRequest | None:
+        """The transcribe call this iteration needs, or ``None`` when there is nothing to hear."""
+        audio16k = resample(self.audio_buffer, self.sample_rate)
+        self._pending = None
+        if audio16k.shape[0] == 0:
+            return None
+        if self.vad and not self.transcript_buffer.buffer:
+            from worker.asr.vad import has_speech
+
+            new_from = int((self.processed_end - self.buffer_start) * WHISPER_SAMPLE_RATE / self.sample_rate)
+            if not has_speech(audio16k[max(0, new_from) :]):
+                return None
+        self._pending = TranscribeRequest(audio16k, self.prompt())
+        return self._pending
+
+    def complete_iter(self, result: Any) -> Committed:
+        """Take the backend's result for :meth:`prepare_iter`'s request (``None`` if skipped)."""
+        request, self._pending = self._pending, None
+        self.processed_end = self.buffer_end
+        if request is None:
+            self._drop_unvoiced()
+            return self._committed([])
+        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        committed = self.transcript_buffer.flush()
+        if self.vac and self.transcript_buffer.buffer and self._voice_ended(request.audio):
+            committed += self.transcript_buffer.force_commit()
+        committed += self._trim_after_iteration(result, bool(committed))
+        return self._committed(committed)
+
+    def prompt(self) -> str:
+        """Up to ~200 characters of committed text that lies before the buffer."""
+        return self.asr.sep.join(self.prompt_words).strip()
+
+    # -- buffer trimming ---------------------------------------------------------------------
+
+    def _trim_after_iteration(self, result: Any, committed_now: bool) -> list[Word]:
+        """Trim the buffer; returns words that a hard cut had to commit unconfirmed."""
+        buffer_sec = self.audio_buffer.shape[0] / self.sample_rate
+        if committed_now and self.buffer_trimming_way == "sentence" and buffer_sec > self.buffer_trimming_sec:
+            self._chunk_completed_sentence()
+        limit = self.buffer_trimming_sec if self.buffer_trimming_way == "segment" else self.max_buffer_sec
+        if self.audio_buffer.shape[0] / self.sample_rate > limit:
+            self._chunk_completed_segment(result)
+        if not self.transcript_buffer.buffer and not self.transcript_buffer.committed_in_buffer:
+            self._drop_unvoiced()
+        if self.audio_buffer.shape[0] / self.sample_rate > self.max_buffer_sec:
+            return self._force_cut()
+        return []
+
+    def _chunk_completed_segment(self, result: Any) -> None:
+        committed = self.transcript_buffer.committed_in_buffer
+        if not committed:
+            return
+        last_committed_end = committed[-1].end
+        ends = [e + self.buffer_time_offset for e in self.asr.segments_end_ts(result)]
+        # the last segment may still grow; cut at the latest earlier end that is fully committed
+        for end in reversed(ends[:-1]):
+            if end <= last_committed_end:
+                self._trim_to(end)
+                return
+
+    def _chunk_completed_sentence(self) -> None:
+        committed = self.transcript_buffer.committed_in_buffer
+        ends = [w.end for w in committed[:-1] if _SENTENCE_END.search(w.text.strip())]
+        if ends:
+            self._trim_to(ends[-1])
+
+    def _drop_unvoiced(self) -> None:
+        """Nothing pending and nothing committed in the buffer: keep only its last second."""
+        if self.transcript_buffer.buffer:
+            return
+        keep_from = self.buffer_end - round(KEEP_UNVOICED_SEC * self.sample_rate)
+        last_committed = round(self.transcript_buffer.last_committed_time * self.sample_rate)
+        cut = max(keep_from, last_committed)
+        if cut > self.buffer_start:
+            self._trim_to(cut / self.sample_rate)
+
+    def _force_cut(self) -> list[Word]:
+        log.debug("buffer passed %.1f s with nothing confirmed; committing the hypothesis", self.max_buffer_sec)
+        forced = self.transcript_buffer.force_commit()
+        cut = forced[-1].end if forced else (self.buffer_end / self.sample_rate) - KEEP_UNVOICED_SEC
+        self._trim_to(cut)
+        if self.audio_buffer.shape[0] / self.sample_rate > self.max_buffer_sec:
+            # the hypothesis ended early in the buffer: cut anyway rather than exceed the window
+            self._trim_to(self.buffer_end / self.sample_rate - KEEP_UNVOICED_SEC)
+        return forced
+
+    def _trim_to(self, time: float) -> None:
+        cut = min(max(round(time * self.sample_rate), self.buffer_start), self.buffer_end)
+        for word in self.transcript_buffer.pop_committed(cut / self.sample_rate):
+            self._remember_for_prompt(word.text)
+        self.audio_buffer = self.audio_buffer[cut - self.buffer_start :].copy()
+        self.buffer_start = cut
+        self.processed_end = max(self.processed_end, cut)
+
+    def _remember_for_prompt(self, text: str) -> None:
+        self.prompt_words.append(text)
+        while sum(len(w) + 1 for w in self.prompt_words) > PROMPT_CHARS and len(self.prompt_words) > 1:
+            self.prompt_words.popleft()
+
+    def _voice_ended(self, audio16k: np.ndarray) -> bool:
+        from worker.asr.vad import trailing_silence_sec
+
+        return trailing_silence_sec(audio16k) >= VAC_SILENCE_SEC
+
+    def _committed(self, words: list[Word]) -> Committed:
+        if not words:
+            return Committed(None, None, "")
+        text = self.asr.sep.join(w.text for w in words)
+        return Committed(words[0].start, words[-1].end, text, tuple(words))
+
+    # -- checkpointing -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """State without audio: positions in absolute input samples, hypothesis, prompt tail."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "sample_rate": self.sample_rate,
+            "buffer_start": self.buffer_start,
+            "buffer_end": self.buffer_end,
+            "processed_end": self.processed_end,
+            "hypothesis": self.transcript_buffer.snapshot(),
+            "prompt": list(self.prompt_words),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a snapshot; then insert the audio from ``buffer_start`` on, as it came before."""
+        try:
+            if state["v"] != SNAPSHOT_VERSION:
+                raise SnapshotError(f"snapshot version {state['v']} is not {SNAPSHOT_VERSION}")
+            if int(state["sample_rate"]) != self.sample_rate:
+                raise SnapshotError(
+                    f"snapshot was taken at {state['sample_rate']} Hz, this processor runs at {self.sample_rate} Hz"
+                )
+            self.init()
+            self.buffer_start = int(state["buffer_start"])
+            self.processed_end = int(state["processed_end"])
+            self.transcript_buffer.restore(state["hypothesis"])
+            self.prompt_words = deque(str(w) for w in state["prompt"])
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise SnapshotError(f"malformed processor snapshot: {e!r}") from e
+
+    def restored_end(self, state: dict[str, Any]) -> int:
+        """Where the buffer ended when ``state`` was taken (the worker re-inserts up to here)."""
+        return int(state["buffer_end"])

@@ -1,0 +1,1 @@
+"""The ``streamscribe`` command line."""

@@ -1,0 +1,70 @@
+"""``streamscribe worker``: serve sessions from Redis until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+from worker.metrics import MetricsServer, PrometheusObserver
+from worker.runtime.loop import Worker
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a transcription worker (settings also from STREAMSCRIBE_* and .env)")
+    p.add_argument("--redis-url", help="default redis://localhost:6379/0")
+    p.add_argument("--metrics-port", type=int, help="default 9400; 0 picks a free port")
+    p.add_argument("--metrics-host", help="default 0.0.0.0")
+    p.add_argument("--max-sessions", type=int)
+    p.add_argument("--lease-ttl-sec", type=float)
+    p.add_argument("--worker-id")
+    p.add_argument("--key-prefix")
+    p.add_argument("--shards", type=int)
+    p.add_argument("--stall-timeout-sec", type=float)
+    p.add_argument("--retention-sec", type=float)
+    p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None, help="default: detect")
+    p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
+    p.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    names = (
+        "redis_url",
+        "metrics_port",
+        "metrics_host",
+        "max_sessions",
+        "lease_ttl_sec",
+        "worker_id",
+        "key_prefix",
+        "shards",
+        "stall_timeout_sec",
+        "retention_sec",
+        "cluster",
+    )
+    return WorkerSettings.build(**{n: getattr(args, n) for n in names})
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    observer = PrometheusObserver()
+    worker = Worker(settings, observer=observer)
+    metrics = MetricsServer(observer.registry, worker.health.alive, settings.metrics_host, settings.metrics_port)
+    metrics.start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: handing sessions over and stopping", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker %s on %s, metrics on port %d", settings.worker_id, settings.redis_url, metrics.port)
+    print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
+    try:
+        worker.run(burst=args.burst)
+    finally:
+        metrics.stop()
+    return 0

@@ -1,0 +1,47 @@
+"""The one exception hierarchy of streamscribe.
+
+Every error that streamscribe raises on purpose derives from :class:`StreamscribeError`, so a
+caller can catch all of them with one clause and still tell the cases apart.
+"""
+
+from __future__ import annotations
+
+
+class StreamscribeError(Exception):
+    """Root of every error that streamscribe raises on purpose."""
+
+
+class ConfigError(StreamscribeError):
+    """A setting or an ASR option has a value that cannot be used."""
+
+
+class BackendUnavailableError(StreamscribeError):
+    """A backend's optional dependency is not installed."""
+
+
+class UnknownBackendError(ConfigError):
+    """No loader is registered under the requested backend name."""
+
+
+class ModelIntegrityError(StreamscribeError):
+    """A model file on disk does not match its published checksum."""
+
+
+class AudioDecodeError(StreamscribeError):
+    """Audio could not be read or decoded."""
+
+
+class DecodeError(StreamscribeError):
+    """A wire message could not be decoded (malformed msgpack, wrong version, wrong types)."""
+
+
+class InvalidAudioError(StreamscribeError):
+    """An audio payload decoded, but its samples are unusable (odd length, NaN, too large)."""
+
+
+class SnapshotError(StreamscribeError):
+    """A processor snapshot is malformed or was taken by an incompatible version."""
+
+
+class FencedError(StreamscribeError):
+    """This worker's lease on a session was taken over; its writes are refused."""

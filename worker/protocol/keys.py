@@ -1,0 +1,95 @@
+"""Every Redis key streamscribe uses, named in one place.
+
+All keys of one session carry the hash tag ``{<session id>}``, so one Lua script can touch them
+all on Redis Cluster. Global keys are sharded over ``shards`` tags ``{g<k>}``; a session belongs
+to shard ``crc32(session id) % shards``, and every global key of that shard shares its slot.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from worker.errors import ConfigError
+
+#: Consumer group of the workers on the announcement streams.
+WORKER_GROUP = "workers"
+#: Consumer that released leases are parked under, idle past the TTL, for the next janitor pass.
+HANDOVER_CONSUMER = "handover"
+#: Session ids are used inside key names and hash tags.
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
+
+
+def check_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not SESSION_ID_PATTERN.match(session_id):
+        raise ConfigError(
+            f"invalid session id {session_id!r}: use 1-128 characters of letters, digits and . _ : @ + = -"
+        )
+    return session_id
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Key names under ``prefix``; ``shards`` is the number of global shards."""
+
+    prefix: str = "streamscribe"
+    shards: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ConfigError(f"key prefix {self.prefix!r} must be non-empty and hold no braces")
+        if not 1 <= self.shards <= 1024:
+            raise ConfigError(f"shards must be between 1 and 1024, not {self.shards}")
+
+    # -- one session: same hash tag -----------------------------------------------------------
+
+    def session_input(self, sid: str) -> str:
+        """Stream of audio chunks and the end marker, ids ``<seq+1>-0``."""
+        return f"{self.prefix}:{{{sid}}}:in"
+
+    def session_output(self, sid: str) -> str:
+        """Stream of the session's transcript events."""
+        return f"{self.prefix}:{{{sid}}}:out"
+
+    def session_state(self, sid: str) -> str:
+        """Hash: open message, epoch, owner, processor snapshot, input and output positions."""
+        return f"{self.prefix}:{{{sid}}}:state"
+
+    def session_dead_letters(self, sid: str) -> str:
+        """Stream of the session's rejected inputs, kept until they are forwarded to the shard DLQ."""
+        return f"{self.prefix}:{{{sid}}}:dlq"
+
+    def session_keys(self, sid: str) -> list[str]:
+        return [
+            self.session_state(sid),
+            self.session_input(sid),
+            self.session_output(sid),
+            self.session_dead_letters(sid),
+        ]
+
+    # -- global, sharded ------------------------------------------------------------------------
+
+    def shard_of(self, sid: str) -> int:
+        return zlib.crc32(sid.encode()) % self.shards
+
+    def _global(self, name: str, shard: int) -> str:
+        return f"{self.prefix}:{name}:{{g{shard}}}"
+
+    def announcements(self, shard: int) -> str:
+        """Stream of new sessions; its consumer group's pending list holds the leases."""
+        return self._global("sessions", shard)
+
+    def events(self, shard: int) -> str:
+        """All sessions' transcript events of this shard, for pipelines (``tail --all``)."""
+        return self._global("events", shard)
+
+    def dead_letters(self, shard: int) -> str:
+        return self._global("dlq", shard)
+
+    def forward_cursors(self, shard: int) -> str:
+        """Hash: session id -> last output seq copied to this shard's events/dlq streams."""
+        return self._global("fwd", shard)
+
+    def all_shards(self) -> range:
+        return range(self.shards)

@@ -1,0 +1,28 @@
+-- forward.lua: copy a session's committed records to its shard's events / dead-letter streams,
+-- exactly once, whoever calls it and however often.
+--
+-- KEYS[1]  P:events:{g<k>}  all sessions' events of shard k
+-- KEYS[2]  P:dlq:{g<k>}     all sessions' dead letters of shard k
+-- KEYS[3]  P:fwd:{g<k>}     hash: session id -> last record seq copied
+-- ARGV[1]  session id
+-- ARGV[2]  approximate MAXLEN of the shard streams
+-- ARGV[3]  n; then n quadruples in seq order: seq, kind ("e" or "d"), type, payload
+--
+-- The session's commit and this copy live in different slots, so they cannot be one step; the
+-- cursor makes the copy idempotent, and a new owner re-runs it for records after the cursor.
+-- Returns the cursor after the copy.
+local cursor = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local seq = tonumber(ARGV[4 + 4 * i])
+  if seq > cursor then
+    local kind, rtype, payload = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+    local target = KEYS[1]
+    if kind ~= 'e' then target = KEYS[2] end
+    redis.call('XADD', target, 'MAXLEN', '~', ARGV[2], '*',
+      'session', ARGV[1], 'seq', seq, 'type', rtype, 'm', payload)
+    cursor = seq
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[1], cursor)
+return cursor

@@ -1,0 +1,1 @@
+"""The worker's runtime: session state, leases, commits and the batching loop."""

@@ -1,0 +1,129 @@
+"""Taking a claimed session: bump its epoch, load its processors, restore its checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from worker.asr.config import ASRConfig
+from worker.backends.registry import load_processor
+from worker.errors import ConfigError, DecodeError, StreamscribeError
+from worker.protocol.keys import Keyspace
+from worker.protocol.messages import SessionOpen
+from worker.protocol.scripts import Scripts
+from worker.runtime import inputs
+from worker.runtime.connection import text
+from worker.runtime.session import LiveSession, SessionLease
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Acquired:
+    """What ``acquire.lua`` said: ``ok`` (with a session), ``ended``, ``missing`` or ``duplicate``."""
+
+    status: str
+    session: LiveSession | None = None
+    takeover: bool = False
+
+
+class SessionFactory:
+    def __init__(self, client: Any, keys: Keyspace, scripts: Scripts, settings: WorkerSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.settings = settings
+
+    def acquire(self, shard: int, entry_id: str, sid: str, now_ms: int) -> Acquired:
+        reply = self.scripts.call(
+            self.client, "acquire", [self.keys.session_state(sid)], [self.settings.worker_id, entry_id, now_ms]
+        )
+        status = text(reply[0])
+        if status != "ok":
+            return Acquired(status)
+        epoch, open_blob, checkpoint, out_seq = int(reply[1]), reply[2], reply[3], int(reply[4])
+        lease = SessionLease(sid, shard, entry_id, epoch)
+        session = self._build(lease, open_blob)
+        if session.ended or session.dirty:
+            session.out_seq = out_seq
+            return Acquired("ok", session, takeover=epoch > 1)
+        if checkpoint:
+            retained = self._retained_input(sid, checkpoint)
+            try:
+                session.restore(checkpoint, out_seq, retained)
+            except StreamscribeError as e:
+                log.error("session %s: cannot restore its checkpoint: %s", sid, e)
+                session = self._build(lease, open_blob)
+                session.out_seq = out_seq
+                session.fail("restore_failed", f"the session's checkpoint could not be restored: {e}")
+                return Acquired("ok", session, takeover=epoch > 1)
+        else:
+            session.out_seq = out_seq
+            session.started_event()
+        return Acquired("ok", session, takeover=epoch > 1)
+
+    def _build(self, lease: SessionLease, open_blob: bytes | None) -> LiveSession:
+        """A live session; a bad open message or a refused option gives one that fails at once."""
+        s = self.settings
+        try:
+            if not open_blob:
+                raise DecodeError("the session has no open message")
+            opened = SessionOpen.decode(open_blob)
+        except DecodeError as e:
+            fallback = SessionOpen(session_id=lease.session_id)
+            session = self._live(lease, fallback, [], 16000)
+            session.started_event()
+            session.fail(inputs.BAD_SESSION, f"invalid session open message: {e}")
+            return session
+        try:
+            if opened.channels > s.max_channels:
+                raise ConfigError(f"{opened.channels} channels; this worker takes at most {s.max_channels}")
+            config = self.session_config(opened)
+            loaded = [load_processor(config) for _ in range(opened.channels)]
+        except StreamscribeError as e:
+            session = self._live(lease, opened, [], opened.sample_rate)
+            session.started_event()
+            session.fail(inputs.NOT_ALLOWED if isinstance(e, ConfigError) else "backend_error", str(e))
+            return session
+        rate = int(loaded[0][1].get("sample_rate", 16000))
+        return self._live(lease, opened, [p for p, _meta in loaded], rate)
+
+    def _live(self, lease: SessionLease, opened: SessionOpen, processors: list[Any], rate: int) -> LiveSession:
+        return LiveSession(
+            lease,
+            opened,
+            processors,
+            worker_id=self.settings.worker_id,
+            max_chunk_bytes=self.settings.max_chunk_bytes,
+            catchup_threshold_sec=self.settings.catchup_threshold_sec,
+            processor_rate=rate,
+        )
+
+    def session_config(self, opened: SessionOpen) -> ASRConfig:
+        """The worker's ASR defaults with the session's allowed overrides."""
+        s = self.settings
+        asked = opened.asr
+        backend = str(asked.get("backend", s.asr.backend))
+        model = str(asked.get("model", s.asr.model))
+        if "backend" in asked and backend not in s.allowed_backends:
+            raise ConfigError(f"backend {backend!r} is not allowed here; allowed: {', '.join(s.allowed_backends)}")
+        if "model" in asked and model not in s.allowed_models:
+            raise ConfigError(f"model {model!r} is not allowed here; allowed: {', '.join(s.allowed_models)}")
+        changes: dict[str, Any] = {"backend": backend, "model": model, "input_sample_rate": opened.sample_rate}
+        if "language" in asked:
+            changes["lan"] = asked["language"]
+        if "min_chunk_size" in asked:
+            changes["min_chunk_size"] = asked["min_chunk_size"]
+        return s.asr.replace(**changes)
+
+    def _retained_input(self, sid: str, checkpoint: bytes) -> list[tuple[Any, dict[Any, Any]]]:
+        """The input entries from the checkpoint's trim point through its position."""
+        import msgpack
+
+        state = msgpack.unpackb(checkpoint, raw=False)
+        trim, in_pos = state.get("trim"), state.get("in_pos")
+        if not trim or not in_pos:
+            return []
+        return self.client.xrange(self.keys.session_input(sid), trim[0], in_pos)

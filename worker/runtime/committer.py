@@ -1,0 +1,148 @@
+"""The atomic commit of each session's iteration, then the exactly-once copy to shard streams.
+
+All sessions' commits go out in one pipeline (one round trip per loop iteration, whatever the
+number of sessions); the copies of the committed records go in a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from worker.protocol.keys import Keyspace
+from worker.protocol.scripts import Scripts
+from worker.runtime.connection import text
+from worker.runtime.session import LiveSession, Record
+
+log = logging.getLogger(__name__)
+
+OK, FENCED, ERROR = "ok", "fenced", "error"
+
+
+@dataclass
+class CommitOutcome:
+    session: LiveSession
+    result: str
+    records: list[tuple[int, Record]]
+    detail: str = ""
+
+
+class Committer:
+    def __init__(self, client: Any, keys: Keyspace, scripts: Scripts, retention_ms: int, events_maxlen: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.retention_ms = retention_ms
+        self.events_maxlen = events_maxlen
+
+    def commit(self, sessions: list[LiveSession]) -> list[CommitOutcome]:
+        """Run ``commit.lua`` for every session in one pipeline."""
+        if not sessions:
+            return []
+        prepared = []
+        for s in sessions:
+            records = s.build_records()
+            blob, trim = s.checkpoint()
+            sid = s.session_id
+            keys = [
+                self.keys.session_state(sid),
+                self.keys.session_input(sid),
+                self.keys.session_output(sid),
+                self.keys.session_dead_letters(sid),
+            ]
+            args: list[Any] = [
+                s.lease.epoch,
+                s.out_seq,
+                blob,
+                trim,
+                "1" if s.ended else "0",
+                self.retention_ms,
+                len(records),
+            ]
+            for _seq, r in records:
+                args += [r.kind, r.type, r.payload]
+            prepared.append((s, records, keys, args))
+        replies = self._run_pipeline([(keys, args) for _s, _r, keys, args in prepared], "commit")
+        outcomes = []
+        for (s, records, _k, _a), reply in zip(prepared, replies, strict=True):
+            outcomes.append(self._outcome(s, records, reply))
+        return outcomes
+
+    def _outcome(self, s: LiveSession, records: list[tuple[int, Record]], reply: Any) -> CommitOutcome:
+        if isinstance(reply, Exception):
+            log.error("session %s: commit failed: %s", s.session_id, reply)
+            return CommitOutcome(s, ERROR, records, str(reply))
+        status = text(reply[0])
+        if status == "ok":
+            s.committed(int(reply[1]))
+            return CommitOutcome(s, OK, records)
+        if status == "fenced":
+            log.warning(
+                "session %s: fenced (epoch %s, ours %d); dropping it", s.session_id, text(reply[1]), s.lease.epoch
+            )
+            return CommitOutcome(s, FENCED, records)
+        log.error("session %s: commit refused: %s %s", s.session_id, status, text(reply[1]))
+        return CommitOutcome(s, FENCED, records, status)
+
+    def forward(self, batches: list[tuple[str, list[tuple[int, Record]]]]) -> None:
+        """Copy committed records to the shard streams (``forward.lua``, idempotent)."""
+        calls = []
+        for sid, records in batches:
+            if not records:
+                continue
+            shard = self.keys.shard_of(sid)
+            keys = [self.keys.events(shard), self.keys.dead_letters(shard), self.keys.forward_cursors(shard)]
+            args: list[Any] = [sid, self.events_maxlen, len(records)]
+            for seq, r in records:
+                args += [seq, r.kind, r.type, r.payload]
+            calls.append((keys, args))
+        for reply in self._run_pipeline(calls, "forward"):
+            if isinstance(reply, Exception):
+                # the records are committed; the next owner or the next catch-up copies them
+                log.error("forwarding to the shard streams failed: %s", reply)
+
+    def pending_records(self, sid: str) -> list[tuple[int, Record]]:
+        """Committed records of ``sid`` not yet copied to its shard (after a crash in between)."""
+        shard = self.keys.shard_of(sid)
+        cursor = int(self.client.hget(self.keys.forward_cursors(shard), sid) or 0)
+        found: list[tuple[int, Record]] = []
+        for key, kind in ((self.keys.session_output(sid), "e"), (self.keys.session_dead_letters(sid), "d")):
+            last = "+"
+            while True:
+                entries = self.client.xrevrange(key, last, "-", count=200)
+                older = False
+                for _entry_id, fields in entries:
+                    seq = int(fields[b"seq"])
+                    if seq <= cursor:
+                        older = True
+                        break
+                    found.append((seq, Record(kind, text(fields[b"type"]), fields[b"m"])))
+                if older or len(entries) < 200:
+                    break
+                last = "(" + text(entries[-1][0])
+        found.sort(key=lambda r: r[0])
+        return found
+
+    def _run_pipeline(self, calls: list[tuple[list[str], list[Any]]], script: str) -> list[Any]:
+        replies = self._execute(calls, script)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # a server restarted or failed over and lost its script cache; those calls did not run
+            self.scripts.load(self.client)
+            for i, reply in zip(missing, self._execute([calls[i] for i in missing], script), strict=True):
+                replies[i] = reply
+        return replies
+
+    def _execute(self, calls: list[tuple[list[str], list[Any]]], script: str) -> list[Any]:
+        if not calls:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self.scripts.queue(pipe, script, keys, args)
+        try:
+            return list(pipe.execute(raise_on_error=False))
+        except RedisError as e:
+            return [e] * len(calls)

@@ -1,0 +1,278 @@
+"""The worker loop: take sessions, read input, batch transcribe calls, commit, repeat.
+
+The loop is synchronous (inference blocks anyway, and a batch loop is easy to follow); the
+lease keeper renews leases from its own thread, and metrics are served from another.
+``run(burst=True)`` drains the work there is and returns, which makes tests deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from worker.metrics import LoopHeartbeat, WorkerObserver
+from worker.protocol.keys import Keyspace
+from worker.protocol.scripts import Scripts
+from worker.runtime.acquire import SessionFactory
+from worker.runtime.committer import FENCED, OK, Committer
+from worker.runtime.connection import connect
+from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
+from worker.runtime.session import LiveSession, PlannedCall
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """One worker process's loop. ``stop()`` (SIGTERM) hands its sessions over and returns."""
+
+    def __init__(self, settings: WorkerSettings, *, observer: WorkerObserver | None = None, client: Any = None):
+        self.settings = settings
+        self.observer = observer or WorkerObserver()
+        self.keys = Keyspace(settings.key_prefix, settings.shards)
+        self.client = client or connect(settings.redis_url, settings.cluster)
+        self.scripts = Scripts()
+        self.leases = LeaseManager(
+            self.client, self.keys, self.scripts, settings.group, settings.worker_id, settings.lease_ttl_sec
+        )
+        self.factory = SessionFactory(self.client, self.keys, self.scripts, settings)
+        self.committer = Committer(
+            self.client, self.keys, self.scripts, int(settings.retention_sec * 1000), settings.events_maxlen
+        )
+        self.sessions: dict[str, LiveSession] = {}
+        self.health = LoopHeartbeat(settings.loop_stall_limit_sec)
+        self._lost: set[tuple[int, str]] = set()
+        self._lost_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._next_janitor = 0.0
+        self._keeper: LeaseKeeper | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.settings.worker_id} sessions={len(self.sessions)}/{self.settings.max_sessions}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scripts.load(self.client)
+        self.leases.ensure_groups()
+        keeper_leases = LeaseManager(
+            connect(self.settings.redis_url, self.settings.cluster),
+            self.keys,
+            self.scripts,
+            self.settings.group,
+            self.settings.worker_id,
+            self.settings.lease_ttl_sec,
+        )
+        self._keeper = LeaseKeeper(
+            keeper_leases, self._held, self._on_lost, self.health.alive, self.settings.lease_ttl_sec / 3
+        )
+        self._keeper.start()
+        self.health.beat()
+
+    def run(self, *, burst: bool = False, max_seconds: float | None = None) -> None:
+        """Loop until ``stop()``; with ``burst``, until no session is owned and none waits."""
+        self.start()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self._stopping.is_set():
+                did_work = self.run_iteration()
+                if burst and not did_work and not self.sessions:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if not did_work:
+                    self._stopping.wait(self.settings.poll_interval_sec)
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def shutdown(self) -> None:
+        """Release every lease at once (no wait for the TTL) and stop the lease keeper."""
+        if self._keeper:
+            self._keeper.stop()
+        for s in list(self.sessions.values()):
+            try:
+                self.leases.release(s.lease.shard, s.lease.entry_id)
+                log.info("handed session %s over", s.session_id)
+            except Exception as e:
+                log.warning("could not hand %s over (it expires after the TTL instead): %s", s.session_id, e)
+        self.sessions.clear()
+        try:
+            self.leases.leave_group()
+        except Exception as e:
+            log.debug("leaving the group: %s", e)
+        self.health.connected = False
+
+    # -- one iteration ---------------------------------------------------------------------
+
+    def run_iteration(self) -> bool:
+        try:
+            did_work = self._iteration()
+            self.health.beat(connected=True)
+            return did_work
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            log.warning("redis unreachable: %s; retrying", e)
+            self.health.beat(connected=False)
+            self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
+            return False
+
+    def _iteration(self) -> bool:
+        self._drop_lost()
+        took = self._take_sessions()
+        self._read_input()
+        calls = [c for s in list(self.sessions.values()) for c in s.plan_iteration(self.settings.stall_timeout_sec)]
+        self._transcribe(calls)
+        for s in self.sessions.values():
+            if s.dirty:
+                s.finish_iteration()
+        committed = self._commit([s for s in self.sessions.values() if s.dirty])
+        self._report_load()
+        return bool(took or calls or committed)
+
+    def _drop_lost(self) -> None:
+        with self._lost_lock:
+            lost, self._lost = self._lost, set()
+        for shard, entry_id in lost:
+            for sid, s in list(self.sessions.items()):
+                if s.lease.shard == shard and s.lease.entry_id == entry_id:
+                    log.warning("lost the lease of session %s; dropping it", sid)
+                    del self.sessions[sid]
+
+    def _take_sessions(self) -> int:
+        if self._stopping.is_set():
+            return 0
+        free = self.settings.max_sessions - len(self.sessions)
+        claimed: list[Claimed] = []
+        if free > 0:
+            claimed += self.leases.take_new(free)
+        now = time.monotonic()
+        if free - len(claimed) > 0 and now >= self._next_janitor:
+            self._next_janitor = now + self.settings.janitor_interval_sec
+            claimed += self.leases.take_expired(free - len(claimed))
+        for shard, entry_id, sid in claimed:
+            self._acquire(shard, entry_id, sid)
+        return len(claimed)
+
+    def _acquire(self, shard: int, entry_id: str, sid: str) -> None:
+        if sid in self.sessions:
+            # our own session came back to us (a stale duplicate); keep the one we run
+            return
+        outcome = self.factory.acquire(shard, entry_id, sid, int(time.time() * 1000))
+        if outcome.status in ("ended", "missing", "duplicate"):
+            if outcome.status == "ended":
+                self.committer.forward([(sid, self.committer.pending_records(sid))])
+            log.info("announcement %s of session %s: %s; acknowledging it", entry_id, sid, outcome.status)
+            self.leases.finish(shard, entry_id)
+            return
+        session = outcome.session
+        assert session is not None
+        if outcome.takeover:
+            self.observer.takeover()
+            log.info("took over session %s (epoch %d)", sid, session.lease.epoch)
+            self.committer.forward([(sid, self.committer.pending_records(sid))])
+        self.sessions[sid] = session
+
+    def _read_input(self) -> None:
+        active = [s for s in self.sessions.values() if not s.end_reached]
+        if not active:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for s in active:
+            pipe.xrange(
+                self.keys.session_input(s.session_id), f"({s.last_read_id}", "+", count=self.settings.read_count
+            )
+        for s, entries in zip(active, pipe.execute(), strict=True):
+            if entries:
+                chunks, audio_sec = s.take_entries(entries)
+                self.observer.chunks_received(chunks, audio_sec)
+
+    def _transcribe(self, calls: list[PlannedCall]) -> None:
+        """One backend call per group of sessions that share a model and decoding options."""
+        groups: dict[tuple[Any, ...], list[PlannedCall]] = defaultdict(list)
+        for call in calls:
+            groups[_batch_key(call)].append(call)
+        for group in groups.values():
+            asr = group[0].processor.asr
+            audio_sec = sum(c.request.audio.shape[0] for c in group) / 16000
+            started = time.perf_counter()
+            try:
+                results = asr.transcribe_batch([(c.request.audio, c.request.init_prompt) for c in group])
+            except Exception as e:
+                log.exception("transcribe_batch failed for %d session(s)", len(group))
+                for c in group:
+                    c.session.fail("backend_error", f"the ASR backend failed: {e}")
+                continue
+            elapsed = time.perf_counter() - started
+            new_audio = sum(c.session.stats.audio_sec for c in {id(c.session): c for c in group}.values())
+            self.observer.batch_done(len(group), elapsed, new_audio or audio_sec)
+            for call, result in zip(group, results, strict=True):
+                call.session.complete_call(call, result)
+
+    def _commit(self, sessions: list[LiveSession]) -> int:
+        if not sessions:
+            return 0
+        outcomes = self.committer.commit(sessions)
+        forwards = []
+        for o in outcomes:
+            s = o.session
+            self.observer.committed(o.result, sum(1 for _seq, r in o.records if r.type == "segment"))
+            if o.result == OK:
+                forwards.append((s.session_id, o.records))
+                self.observer.chunks_processed(s.stats.chunks, s.stats.audio_sec)
+                for reason in s.stats.rejected:
+                    self.observer.rejected(reason)
+                if s.stats.latest_sent_at and any(r.type == "segment" for _seq, r in o.records):
+                    self.observer.latency(time.time() - s.stats.latest_sent_at)
+            elif o.result == FENCED:
+                self.sessions.pop(s.session_id, None)
+        self.committer.forward(forwards)
+        for o in outcomes:
+            s = o.session
+            if o.result == OK and s.ended:
+                self.leases.finish(s.lease.shard, s.lease.entry_id)
+                self.sessions.pop(s.session_id, None)
+                self.observer.session_ended(s.ended_reason or "completed")
+                log.info("session %s ended (%s)", s.session_id, s.ended_reason)
+        return len(outcomes)
+
+    def _report_load(self) -> None:
+        backlog = sum(s.backlog_sec() for s in self.sessions.values())
+        self.observer.load(len(self.sessions), self.settings.max_sessions, backlog)
+
+    # -- lease keeper callbacks (its thread) ----------------------------------------------------
+
+    def _held(self) -> dict[int, list[str]]:
+        held: dict[int, list[str]] = defaultdict(list)
+        for s in list(self.sessions.values()):
+            held[s.lease.shard].append(s.lease.entry_id)
+        return held
+
+    def _on_lost(self, lost: list[tuple[int, str]]) -> None:
+        with self._lost_lock:
+            self._lost.update(lost)
+
+
+def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
+    asr = call.processor.asr
+    options = tuple(sorted((k, repr(v)) for k, v in getattr(asr, "transcribe_kargs", {}).items()))
+    return (
+        type(asr),
+        id(getattr(asr, "model", asr)),
+        getattr(asr, "original_language", None),
+        getattr(asr, "beam_size", None),
+        options,
+    )
+
+
+def _is_connection_error(e: Exception) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(e, RedisConnectionError | RedisTimeoutError)

@@ -1,0 +1,170 @@
+"""Leases: a session's announcement entry, pending for its owner in the workers' group.
+
+* New sessions come from ``XREADGROUP ... >`` on the announcement shards, only while this
+  worker is under ``max_sessions``.
+* The owner's :class:`LeaseKeeper` thread resets the idle time of its entries every TTL/3
+  (``heartbeat.lua``), so long inference cannot starve the lease.
+* Any worker's janitor claims entries idle past the TTL (``XAUTOCLAIM``): their owner died or
+  was paused. The epoch bump in ``acquire.lua`` then fences the old owner.
+* On SIGTERM the owner parks its entries under the ``handover`` consumer with an idle time past
+  the TTL, so the next janitor pass anywhere takes them at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from worker.protocol.keys import HANDOVER_CONSUMER, Keyspace
+from worker.protocol.scripts import Scripts
+from worker.runtime.connection import text
+
+log = logging.getLogger(__name__)
+
+Claimed = tuple[int, str, str]  # (shard, entry id, session id)
+
+
+class LeaseManager:
+    """Reads, claims, renews, releases and acknowledges announcement entries."""
+
+    def __init__(self, client: Any, keys: Keyspace, scripts: Scripts, group: str, consumer: str, ttl_sec: float):
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.group = group
+        self.consumer = consumer
+        self.ttl_ms = max(1, int(ttl_sec * 1000))
+        self._janitor_cursor: dict[int, str] = {}
+
+    def ensure_groups(self) -> None:
+        for shard in self.keys.all_shards():
+            try:
+                self.client.xgroup_create(self.keys.announcements(shard), self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def take_new(self, limit: int) -> list[Claimed]:
+        """Up to ``limit`` sessions never delivered to any worker."""
+        claimed: list[Claimed] = []
+        for shard in self.keys.all_shards():
+            if len(claimed) >= limit:
+                break
+            stream = self.keys.announcements(shard)
+            reply = self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=limit - len(claimed))
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    claimed.append((shard, text(entry_id), _session_of(fields)))
+        return claimed
+
+    def take_expired(self, limit: int) -> list[Claimed]:
+        """Up to ``limit`` sessions whose owner stopped renewing (dead, paused, or handed over)."""
+        claimed: list[Claimed] = []
+        for shard in self.keys.all_shards():
+            if len(claimed) >= limit:
+                break
+            stream = self.keys.announcements(shard)
+            start = self._janitor_cursor.get(shard, "0-0")
+            reply = self.client.xautoclaim(
+                stream, self.group, self.consumer, self.ttl_ms, start_id=start, count=limit - len(claimed)
+            )
+            self._janitor_cursor[shard] = text(reply[0])
+            for entry_id, fields in reply[1]:
+                if fields is None:
+                    continue
+                claimed.append((shard, text(entry_id), _session_of(fields)))
+        return claimed
+
+    def renew(self, held: dict[int, list[str]]) -> list[tuple[int, str]]:
+        """Reset the idle time of held entries; return those that are no longer ours."""
+        lost: list[tuple[int, str]] = []
+        for shard, entry_ids in held.items():
+            if not entry_ids:
+                continue
+            stream = self.keys.announcements(shard)
+            gone = self.scripts.call(self.client, "heartbeat", [stream], [self.group, self.consumer, *entry_ids])
+            lost.extend((shard, text(e)) for e in gone)
+        return lost
+
+    def release(self, shard: int, entry_id: str) -> None:
+        """Hand a session over: park its entry as if idle for twice the TTL."""
+        self.client.xclaim(
+            self.keys.announcements(shard),
+            self.group,
+            HANDOVER_CONSUMER,
+            0,
+            [entry_id],
+            idle=self.ttl_ms * 2,
+            justid=True,
+        )
+
+    def finish(self, shard: int, entry_id: str) -> None:
+        """The session is over: acknowledge and delete its announcement."""
+        stream = self.keys.announcements(shard)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(stream, self.group, entry_id)
+        pipe.xdel(stream, entry_id)
+        pipe.execute()
+
+    def leave_group(self) -> None:
+        """Remove this worker's consumer if it holds nothing (keeps XINFO CONSUMERS tidy)."""
+        for shard in self.keys.all_shards():
+            stream = self.keys.announcements(shard)
+            try:
+                pending = self.client.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
+                if not pending:
+                    self.client.xgroup_delconsumer(stream, self.group, self.consumer)
+            except ResponseError as e:
+                log.debug("leaving group on %s: %s", stream, e)
+
+
+def _session_of(fields: dict[Any, Any]) -> str:
+    raw = fields.get(b"session", fields.get("session", b""))
+    return text(raw)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews this worker's leases every TTL/3 from its own thread and connection.
+
+    It stops renewing when the loop has not ticked for ``loop_alive()`` to hold: a hung worker
+    must lose its sessions rather than keep them forever.
+    """
+
+    def __init__(
+        self,
+        leases: LeaseManager,
+        held: Callable[[], dict[int, list[str]]],
+        on_lost: Callable[[list[tuple[int, str]]], None],
+        loop_alive: Callable[[], bool],
+        interval_sec: float,
+    ) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.leases = leases
+        self.held = held
+        self.on_lost = on_lost
+        self.loop_alive = loop_alive
+        self.interval_sec = interval_sec
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_sec):
+            self.renew_once()
+
+    def renew_once(self) -> None:
+        if not self.loop_alive():
+            log.error("the worker loop is stalled; not renewing leases so other workers take over")
+            return
+        try:
+            lost = self.leases.renew(self.held())
+        except Exception as e:  # a Redis hiccup must not kill the thread; the next tick retries
+            log.warning("lease renewal failed: %s", e)
+            return
+        if lost:
+            self.on_lost(lost)
+
+    def stop(self) -> None:
+        self._stop_event.set()

@@ -1,0 +1,435 @@
+"""One owned session: its processors (one per channel), input position, and next commit.
+
+The session moves through the worker's loop in three steps:
+
+1. :meth:`LiveSession.take_entries` queues entries read from the input stream;
+2. :meth:`LiveSession.plan_iteration` consumes queued entries until a processor is due (or the
+   stream ends) and returns the transcribe calls this iteration needs;
+3. :meth:`LiveSession.complete_iteration` takes their results and builds the records (events
+   and dead letters) and the checkpoint that the commit script writes atomically.
+
+Processing points depend only on the input (a processor is due once ``min_chunk`` seconds of
+new audio are in), so a run restored from a checkpoint makes the same calls as one that never
+stopped, and with a deterministic backend emits the same segments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from worker.asr.audio import resample
+from worker.asr.contracts import ASRProcessor, BatchableProcessor, Committed, TranscribeRequest
+from worker.errors import SnapshotError
+from worker.protocol.messages import (
+    DeadLetter,
+    ErrorEvent,
+    Message,
+    SegmentEvent,
+    SessionEnded,
+    SessionOpen,
+    SessionStarted,
+)
+from worker.runtime import inputs
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SessionLease:
+    """Ownership of one session: the announcement entry in the pending list, and the epoch."""
+
+    session_id: str
+    shard: int
+    entry_id: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One thing to append at commit: an event ("e") or a dead letter ("d")."""
+
+    kind: str
+    type: str
+    payload: bytes
+
+
+@dataclass
+class FedEntry:
+    entry_id: str
+    start_frame: int
+
+
+@dataclass
+class PlannedCall:
+    """A transcribe call of one channel, to be batched with others."""
+
+    session: LiveSession
+    channel: int
+    processor: BatchableProcessor
+    request: TranscribeRequest
+
+
+@dataclass
+class Totals:
+    audio_sec: float = 0.0
+    segments: int = 0
+    words: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "audio_sec": round(self.audio_sec, 3),
+            "segments": self.segments,
+            "words": self.words,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class IterationStats:
+    chunks: int = 0
+    audio_sec: float = 0.0
+    latest_sent_at: float = 0.0
+    rejected: list[str] = field(default_factory=list)
+
+
+class LiveSession:
+    """State of a session this worker owns."""
+
+    def __init__(
+        self,
+        lease: SessionLease,
+        opened: SessionOpen,
+        processors: list[ASRProcessor],
+        *,
+        worker_id: str,
+        max_chunk_bytes: int,
+        catchup_threshold_sec: float,
+        processor_rate: int,
+    ) -> None:
+        self.lease = lease
+        self.opened = opened
+        self.processors = processors
+        self.worker_id = worker_id
+        self.max_chunk_bytes = max_chunk_bytes
+        self.catchup_frames = round(catchup_threshold_sec * opened.sample_rate)
+        self.processor_rate = processor_rate
+        self.queue: deque[inputs.InputEntry] = deque()
+        self.fed: deque[FedEntry] = deque()
+        self.last_read_id = "0-0"
+        self.in_pos = "0-0"
+        self.frames_fed = 0
+        self.expected_seq = 0
+        self.out_seq = 0
+        self.started = False
+        self.ended_reason: str | None = None
+        self.end_reached = False
+        self.totals = Totals()
+        self.records: list[tuple[str, Message]] = []
+        self.dirty = False
+        self.last_input_at = time.monotonic()
+        self.stats = IterationStats()
+        self._pending_fatal: tuple[str, str] | None = None
+        self.end_reason = "completed"
+
+    @property
+    def session_id(self) -> str:
+        return self.lease.session_id
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_reason is not None
+
+    def backlog_sec(self) -> float:
+        queued = sum(e.frames for e in self.queue)
+        return queued / self.opened.sample_rate
+
+    # -- step 1: input ---------------------------------------------------------------------
+
+    def take_entries(self, entries: list[tuple[Any, dict[Any, Any]]]) -> tuple[int, float]:
+        """Queue entries read after ``last_read_id``; returns (chunks, audio seconds) received."""
+        chunks, frames = 0, 0
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
+            self.queue.append(entry)
+            self.last_read_id = entry_id
+            if entry.audio is not None:
+                chunks += 1
+                frames += entry.frames
+        if entries:
+            self.last_input_at = time.monotonic()
+        return chunks, frames / self.opened.sample_rate
+
+    # -- step 2: plan ----------------------------------------------------------------------
+
+    def plan_iteration(self, stall_timeout_sec: float) -> list[PlannedCall]:
+        """Consume queued input up to the next processing point; return the calls it needs."""
+        self.stats = IterationStats()
+        if self.ended:
+            return []
+        if self._pending_fatal:
+            return []
+        due = self._consume_until_due()
+        if not due and not self.end_reached and time.monotonic() - self.last_input_at > stall_timeout_sec:
+            log.warning("session %s: no input for %.0f s, ending it", self.session_id, stall_timeout_sec)
+            self._emit_error("stalled", f"no input for {stall_timeout_sec:.0f} s; the producer is gone", fatal=True)
+            self.end_reached = True
+            self.end_reason = "stalled"
+            due = True
+        if not due:
+            return []
+        calls: list[PlannedCall] = []
+        for channel, proc in enumerate(self.processors):
+            if not (_is_due(proc) or (self.end_reached and getattr(proc, "unprocessed_sec", 1.0) > 0)):
+                continue
+            if isinstance(proc, BatchableProcessor) and hasattr(proc, "prepare_iter"):
+                request = proc.prepare_iter()
+                if request is not None:
+                    calls.append(PlannedCall(self, channel, proc, request))
+                else:
+                    self._take_committed(channel, proc.complete_iter(None))
+            else:
+                self._take_committed(channel, proc.process_iter())
+        self.dirty = True
+        return calls
+
+    def _consume_until_due(self) -> bool:
+        remaining = sum(e.frames for e in self.queue)
+        while self.queue:
+            entry = self.queue.popleft()
+            remaining -= entry.frames
+            self.in_pos = entry.entry_id
+            self.dirty = True
+            if self._check_entry(entry):
+                continue
+            if entry.end is not None:
+                self.end_reached = True
+                self.end_reason = entry.end.reason
+                for rest in self.queue:
+                    self._reject(rest, inputs.AFTER_END, "entry after the end of the session")
+                    self.in_pos = rest.entry_id
+                self.queue.clear()
+                return True
+            self._feed(entry)
+            if any(_is_due(p) for p in self.processors) and remaining <= self.catchup_frames:
+                return True
+        return False
+
+    def _check_entry(self, entry: inputs.InputEntry) -> bool:
+        """Reject a bad entry (True) or accept its sequence number (False)."""
+        if entry.reject_reason:
+            self._reject(entry, entry.reject_reason, entry.reject_message)
+            if entry.seq is not None and entry.seq >= self.expected_seq:
+                self.expected_seq = entry.seq + 1
+            return True
+        assert entry.seq is not None
+        if entry.seq < self.expected_seq:
+            self._reject(entry, inputs.SEQ_DUPLICATE, f"seq {entry.seq} repeats; expected {self.expected_seq}")
+            return True
+        if entry.seq > self.expected_seq:
+            missing = entry.seq - self.expected_seq
+            self._emit_error(inputs.SEQ_GAP, f"{missing} chunk(s) missing before seq {entry.seq}", fatal=False)
+            self.stats.rejected.append(inputs.SEQ_GAP)
+        self.expected_seq = entry.seq + 1
+        return False
+
+    def _feed(self, entry: inputs.InputEntry) -> None:
+        assert entry.audio is not None
+        self.fed.append(FedEntry(entry.entry_id, self.frames_fed))
+        for channel, proc in enumerate(self.processors):
+            proc.insert_audio_chunk(self._channel_audio(entry.audio, channel))
+        self.frames_fed += entry.frames
+        self.totals.audio_sec += entry.frames / self.opened.sample_rate
+        self.stats.chunks += 1
+        self.stats.audio_sec += entry.frames / self.opened.sample_rate
+        self.stats.latest_sent_at = max(self.stats.latest_sent_at, entry.sent_at)
+
+    def _channel_audio(self, audio: np.ndarray, channel: int) -> np.ndarray:
+        mono = np.ascontiguousarray(audio[:, channel])
+        if self.processor_rate != self.opened.sample_rate:
+            return resample(mono, self.opened.sample_rate, self.processor_rate)
+        return mono
+
+    # -- step 3: complete ------------------------------------------------------------------
+
+    def complete_call(self, call: PlannedCall, result: Any) -> None:
+        self._take_committed(call.channel, call.processor.complete_iter(result))
+
+    def finish_iteration(self) -> None:
+        """After every call of this iteration completed: the end of stream, if reached."""
+        if self._pending_fatal:
+            code, message = self._pending_fatal
+            self._pending_fatal = None
+            self._emit_error(code, message, fatal=True)
+            self._end("error")
+            return
+        if self.end_reached and not self.ended:
+            for channel, proc in enumerate(self.processors):
+                self._take_committed(channel, proc.finish())
+            self._end(self.end_reason)
+
+    def fail(self, code: str, message: str) -> None:
+        """End the session with a fatal error at the next commit."""
+        self._pending_fatal = (code, message)
+        self.dirty = True
+
+    def _end(self, reason: str) -> None:
+        self.ended_reason = reason
+        self._record(
+            SessionEnded(self.session_id, 0, reason, self.totals.as_dict(), time.time()),
+        )
+
+    def _take_committed(self, channel: int, committed: Committed) -> None:
+        text = (committed.text or "").strip()
+        if committed.start is None or committed.end is None or not text:
+            return
+        words = [
+            [round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)]
+            for w in committed.words
+        ]
+        event = SegmentEvent(
+            self.session_id, channel, 0, round(committed.start, 3), round(committed.end, 3), text, words, time.time()
+        )
+        self._record(event)
+        self.totals.segments += 1
+        self.totals.words += len(words)
+
+    def _emit_error(self, code: str, message: str, *, fatal: bool) -> None:
+        self.totals.errors += 1
+        self._record(ErrorEvent(self.session_id, 0, code, message, fatal, time.time()))
+
+    def _reject(self, entry: inputs.InputEntry, reason: str, message: str) -> None:
+        log.info("session %s: rejected entry %s: %s (%s)", self.session_id, entry.entry_id, reason, message)
+        self.stats.rejected.append(reason)
+        self._emit_error(reason, f"entry {entry.entry_id}: {message}", fatal=False)
+        letter = DeadLetter(self.session_id, entry.entry_id, reason, message, entry.raw, time.time())
+        self.records.append(("d", letter))
+
+    def _record(self, message: Message) -> None:
+        self.records.append(("e", message))
+        self.dirty = True
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def started_event(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        o = self.opened
+        self.records.insert(
+            0,
+            (
+                "e",
+                SessionStarted(
+                    self.session_id, 0, o.channels, o.sample_rate, o.encoding, o.metadata, self.worker_id, time.time()
+                ),
+            ),
+        )
+        self.dirty = True
+
+    def build_records(self) -> list[tuple[int, Record]]:
+        """Number this commit's records from ``out_seq + 1`` and encode them."""
+        numbered: list[tuple[int, Record]] = []
+        seq = self.out_seq
+        for kind, message in self.records:
+            seq += 1
+            if "seq" in message.__dataclass_fields__:
+                message = dataclasses.replace(message, seq=seq)
+            numbered.append((seq, Record(kind, message.TYPE, message.encode())))
+        return numbered
+
+    def checkpoint(self) -> tuple[bytes, str]:
+        """(checkpoint blob, XTRIM MINID of input) for the commit script."""
+        snapshots = [p.snapshot() for p in self.processors]
+        trim_id, trim_frame = self._trim_point(snapshots)
+        blob = msgpack.packb(
+            {
+                "v": CHECKPOINT_VERSION,
+                "in_pos": self.in_pos,
+                "expected_seq": self.expected_seq,
+                "frames_fed": self.frames_fed,
+                "trim": [trim_id, trim_frame] if trim_id else None,
+                "channels": snapshots,
+                "totals": self.totals.as_dict(),
+                "started": self.started,
+            },
+            use_bin_type=True,
+        )
+        return blob, trim_id or ""
+
+    def _trim_point(self, snapshots: list[dict[str, Any]]) -> tuple[str | None, int]:
+        """The first input entry the processors still need (drop ``fed`` entries before it)."""
+        starts = [s.get("buffer_start") for s in snapshots]
+        if not self.fed or any(not isinstance(s, int) for s in starts):
+            return (self.fed[0].entry_id, self.fed[0].start_frame) if self.fed else (None, 0)
+        needed = min(starts) * self.opened.sample_rate // self.processor_rate
+        while len(self.fed) > 1 and self.fed[1].start_frame <= needed:
+            self.fed.popleft()
+        return self.fed[0].entry_id, self.fed[0].start_frame
+
+    def committed(self, next_out_seq: int) -> None:
+        self.out_seq = next_out_seq
+        self.records = []
+        self.dirty = False
+
+    # -- restore ----------------------------------------------------------------------------------
+
+    def restore(self, blob: bytes, out_seq: int, retained: list[tuple[Any, dict[Any, Any]]]) -> None:
+        """Load a checkpoint and rebuild the processors' audio from the retained input entries."""
+        try:
+            state = msgpack.unpackb(blob, raw=False)
+            if state.get("v") != CHECKPOINT_VERSION:
+                raise SnapshotError(f"checkpoint version {state.get('v')!r} is not {CHECKPOINT_VERSION}")
+            self.in_pos = self.last_read_id = state["in_pos"]
+            self.expected_seq = int(state["expected_seq"])
+            self.frames_fed = int(state["frames_fed"])
+            self.started = bool(state["started"])
+            t = state["totals"]
+            self.totals = Totals(float(t["audio_sec"]), int(t["segments"]), int(t["words"]), int(t["errors"]))
+            snapshots = state["channels"]
+            for proc, snap in zip(self.processors, snapshots, strict=True):
+                proc.restore(snap)
+            trim = state["trim"]
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+            raise SnapshotError(f"malformed checkpoint: {e!r}") from e
+        self.out_seq = out_seq
+        if trim is None:
+            return
+        frame = int(trim[1])
+        for raw_id, fields in retained:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
+            if entry.audio is None or entry.reject_reason:
+                continue  # rejected (and reported) before the checkpoint
+            self.fed.append(FedEntry(entry_id, frame))
+            for channel, (proc, snap) in enumerate(zip(self.processors, snapshots, strict=True)):
+                audio = self._channel_audio(entry.audio, channel)
+                start = int(snap.get("buffer_start", 0))
+                at = frame * self.processor_rate // self.opened.sample_rate
+                skip = max(0, start - at)
+                if skip < audio.shape[0]:
+                    proc.insert_audio_chunk(audio[skip:])
+            frame += entry.frames
+        for proc, snap in zip(self.processors, snapshots, strict=True):
+            expected = snap.get("buffer_end")
+            got = getattr(proc, "buffer_end", expected)
+            if expected is not None and got != expected:
+                raise SnapshotError(f"rebuilt audio ends at sample {got}, the checkpoint says {expected}")
+
+
+def _is_due(proc: ASRProcessor) -> bool:
+    is_due = getattr(proc, "is_due", None)
+    return bool(is_due()) if callable(is_due) else True

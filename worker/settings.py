@@ -1,0 +1,80 @@
+"""Worker settings: one model for the environment (``STREAMSCRIBE_*``, ``.env``) and CLI flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.asr.config import ASRConfig
+from worker.errors import ConfigError
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSettings(BaseSettings):
+    """Every setting of ``streamscribe worker``; see the README's settings table.
+
+    Nested ASR defaults use ``__``: ``STREAMSCRIBE_ASR__MODEL=small``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMSCRIBE_", env_nested_delimiter="__", env_file=".env", extra="ignore", frozen=True
+    )
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis or Valkey URL (any node of a cluster)")
+    cluster: bool | None = Field(None, description="Redis Cluster; None detects it from the server")
+    key_prefix: str = Field("streamscribe", description="Prefix of every key")
+    shards: int = Field(4, ge=1, le=1024, description="Shards of the global streams")
+    group: str = Field("workers", min_length=1, description="Consumer group of the workers")
+    worker_id: str = Field(default_factory=default_worker_id, description="This worker's consumer name")
+    max_sessions: int = Field(8, ge=1, le=10000, description="Sessions one worker owns at most")
+    lease_ttl_sec: float = Field(10.0, gt=0.2, description="A silent owner loses its sessions after this")
+    janitor_interval_sec: float = Field(1.0, gt=0, description="How often to look for expired leases")
+    poll_interval_sec: float = Field(0.05, gt=0, description="Idle wait between reads")
+    stall_timeout_sec: float = Field(60.0, gt=0, description="End a session with no input for this long")
+    loop_stall_limit_sec: float = Field(120.0, gt=0, description="Stop renewing leases if the loop hangs this long")
+    retention_sec: float = Field(86400.0, gt=0, description="Keep an ended session's keys this long")
+    max_chunk_bytes: int = Field(262144, ge=1024, description="Larger audio chunks are rejected")
+    max_channels: int = Field(2, ge=1, le=8, description="Channels per session")
+    catchup_threshold_sec: float = Field(
+        10.0, gt=0, description="With more unprocessed audio than this, skip iterations to catch up"
+    )
+    read_count: int = Field(500, ge=1, description="Input entries read per session per round trip")
+    events_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of each shard's events stream")
+    allowed_backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["faster-whisper"], description="Backends a session may ask for (comma-separated)"
+    )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["base"], description="Models a session may ask for (comma-separated)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address of /metrics and /healthz")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port; -1 is not allowed")
+    log_level: str = Field("INFO")
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+
+    @field_validator("allowed_backends", "allowed_models", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                import json
+
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def build(cls, **overrides: object) -> WorkerSettings:
+        """Environment and ``.env`` first, then explicit overrides (CLI flags); errors name the field."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"invalid worker settings: {problems}") from e
