@@ -22,7 +22,7 @@ class ASRConfig(BaseModel):
     lan: str = Field("en", min_length=1, description="Language code, or 'auto' to detect")
     task: Literal["transcribe", "translate"] = "transcribe"
     backend: str = Field("faster-whisper", min_length=1, description="Name in MODEL_LOADERS")
-    min_chunk_size: float = Field(1.0, gt=0, le=30, description="Seconds of new audio per iteration")
+    min_chunk_size: float = Field(2.0, gt=0, le=30, description="Seconds of new audio per iteration")
     buffer_trimming: Literal["segment", "sentence"] = "segment"
     buffer_trimming_sec: float = Field(15.0, gt=0, le=30, description="Trim the buffer past this length")
     vad: bool = Field(True, description="Skip audio that Silero VAD finds no speech in")

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="faster-whisper")
     p.add_argument("--model", default="base")
     p.add_argument("--language", default="en", help="language code, or auto")
-    p.add_argument("--min-chunk-size", type=float, default=1.0, help="seconds of audio per iteration")
+    p.add_argument("--min-chunk-size", type=float, default=2.0, help="seconds of audio per iteration")
     p.add_argument("--buffer-trimming", choices=["segment", "sentence"], default="segment")
     p.add_argument("--buffer-trimming-sec", type=float, default=15.0)
     p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True, help="skip audio without speech")

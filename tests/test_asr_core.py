@@ -1,0 +1,258 @@
+"""The streaming core without a real model: contracts, hypothesis buffer, config, registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import msgpack
+import numpy as np
+import pytest
+
+from worker.asr.config import ASRConfig
+from worker.asr.contracts import ASRBase, ASRProcessor, Committed, ModelLoader, Word
+from worker.asr.hypothesis import HypothesisBuffer
+from worker.asr.online import MAX_BUFFER_SEC, PROMPT_CHARS, OnlineASRProcessor
+from worker.backends import registry
+from worker.backends.synthetic import SyntheticASR, encode_words, expected_words, random_words
+from worker.errors import BackendUnavailableError, ConfigError, ModelIntegrityError, UnknownBackendError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def hyp(*words: tuple[float, float, str]) -> list[tuple[float, float, str]]:
+    return list(words)
+
+
+# -- HypothesisBuffer --------------------------------------------------------------------------
+
+
+def test_text_is_committed_only_once_two_consecutive_hypotheses_agree():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.5, "hello"), (0.5, 1.0, "word")), offset=0.0)
+    assert buf.flush() == []
+    buf.insert(hyp((0.0, 0.5, "hello"), (0.5, 1.0, "world"), (1.0, 1.4, "again")), offset=0.0)
+    committed = buf.flush()
+    assert [w.text for w in committed] == ["hello"]
+    assert buf.last_committed_time == 0.5
+    assert [w.text for w in buf.complete()] == ["world", "again"]
+
+
+def test_a_reread_ngram_at_the_commit_boundary_is_dropped():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.4, "a"), (0.4, 0.8, "b")), 0.0)
+    assert buf.flush() == []
+    buf.insert(hyp((0.0, 0.4, "a"), (0.4, 0.8, "b"), (0.8, 1.2, "c")), 0.0)
+    assert [w.text for w in buf.flush()] == ["a", "b"]
+    # the buffer was trimmed at 0.8 s; Whisper re-reads "b" with a time inside the committed span
+    buf.insert(hyp((0.0, 0.05, "b"), (0.05, 0.4, "c"), (0.4, 0.7, "d")), offset=0.75)
+    assert [w.text for w in buf.new] == ["c", "d"]
+
+
+def test_a_word_repeated_after_the_commit_point_is_kept():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.4, "no")), 0.0)
+    assert buf.flush() == []
+    buf.insert(hyp((0.0, 0.4, "no"), (0.5, 0.9, "no")), 0.0)
+    assert [w.text for w in buf.flush()] == ["no"]
+    buf.insert(hyp((0.5, 0.9, "no"), (1.0, 1.3, "thanks")), 0.0)
+    assert [w.text for w in buf.new] == ["no", "thanks"]
+
+
+def test_words_that_end_before_the_last_commit_are_ignored_and_probabilities_survive():
+    buf = HypothesisBuffer()
+    buf.last_committed_time = 2.0
+    buf.insert([(0.5, 1.0, "old"), (2.1, 2.4, "new", 0.75)], 0.0)
+    assert buf.new == [Word(2.1, 2.4, "new", 0.75)]
+
+
+def test_pop_committed_forgets_words_up_to_a_time_and_snapshots_round_trip():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0, 1, "x"), (1, 2, "y")), 0.0)
+    buf.flush()
+    buf.insert(hyp((0, 1, "x"), (1, 2, "y"), (2, 3, "z")), 0.0)
+    buf.flush()
+    assert [w.text for w in buf.pop_committed(1.0)] == ["x"]
+    clone = HypothesisBuffer()
+    clone.restore(msgpack.unpackb(msgpack.packb(buf.snapshot())))
+    assert clone.snapshot() == buf.snapshot()
+
+
+# -- OnlineASRProcessor with the synthetic oracle ---------------------------------------------
+
+
+def test_committed_results_unpack_like_the_guides_triples():
+    b, e, t = Committed(1.0, 2.0, "hi", (Word(1.0, 2.0, "hi"),))
+    assert (b, e, t) == (1.0, 2.0, "hi")
+
+
+def test_the_prompt_holds_the_last_committed_word_before_the_buffer():
+    proc = OnlineASRProcessor(SyntheticASR(), buffer_trimming=("segment", 2.0), min_chunk_sec=1.0)
+    words = random_words(40, seed=3)
+    audio = encode_words(words)
+    for i in range(0, audio.shape[0], 16000):
+        proc.insert_audio_chunk(audio[i : i + 16000])
+        proc.process_iter()
+    before = [w for w in expected_words(words) if w[1] <= proc.buffer_time_offset]
+    assert proc.prompt().split()[-1] == before[-1][2]  # the original's off-by-one skipped this word
+    assert len(proc.prompt()) <= PROMPT_CHARS + 20
+
+
+def test_a_two_hour_call_keeps_memory_buffers_and_snapshots_bounded():
+    proc = OnlineASRProcessor(SyntheticASR(), buffer_trimming=("segment", 15.0), min_chunk_sec=2.0)
+    rng = np.random.default_rng(7)
+    total_sec, committed_words, sent_words, max_buffer, max_snapshot = 0.0, 0, 0, 0, 0
+    early_peak, late_peak = 0, 0
+    tracemalloc.start()
+    block_words = 120
+    while total_sec < 2 * 3600:
+        words = random_words(block_words, seed=int(rng.integers(1 << 30)))
+        gaps = [float(g) for g in rng.choice([0.1, 0.3, 1.5, 6.0], size=block_words, p=[0.6, 0.25, 0.1, 0.05])]
+        audio = encode_words(words, gaps=gaps)
+        sent_words += len(words)
+        for i in range(0, audio.shape[0], 32000):
+            proc.insert_audio_chunk(audio[i : i + 32000])
+            committed_words += len(proc.process_iter().words)
+            max_buffer = max(max_buffer, proc.audio_buffer.shape[0])
+        total_sec += audio.shape[0] / 16000
+        del audio
+        max_snapshot = max(max_snapshot, len(msgpack.packb(proc.snapshot())))
+        traced = tracemalloc.get_traced_memory()[0]
+        if 600 < total_sec <= 3600:
+            early_peak = max(early_peak, traced)
+        elif total_sec > 3600:
+            late_peak = max(late_peak, traced)
+    tracemalloc.stop()
+    committed_words += len(proc.process_iter().words) + len(proc.finish().words)
+    assert committed_words == sent_words  # every word of two hours, once
+    assert max_buffer <= (MAX_BUFFER_SEC + 2.0) * 16000
+    assert max_snapshot < 8192
+    # the second hour needs no more memory than the first (the audio buffer alone swings ~1.8 MB)
+    assert late_peak - early_peak < 1_000_000, f"memory grew from {early_peak} to {late_peak} bytes"
+
+
+def test_sixty_seconds_of_silence_skip_every_transcribe_call_with_vad():
+    class CountingASR(SyntheticASR):
+        calls = 0
+
+        def transcribe(self, audio, init_prompt=""):
+            CountingASR.calls += 1
+            return super().transcribe(audio, init_prompt)
+
+    proc = OnlineASRProcessor(CountingASR(), min_chunk_sec=1.0, vad=True)
+    silence = np.zeros(60 * 16000, np.float32)
+    for i in range(0, silence.shape[0], 16000):
+        proc.insert_audio_chunk(silence[i : i + 16000])
+        assert proc.process_iter().empty
+    assert CountingASR.calls == 0
+    assert proc.audio_buffer.shape[0] <= 2 * 16000
+
+
+# -- configuration and registry ---------------------------------------------------------------
+
+
+def test_a_bad_config_value_names_the_field():
+    with pytest.raises(ConfigError, match="buffer_trimming"):
+        ASRConfig.parse(buffer_trimming="paragraph")
+    with pytest.raises(ConfigError, match="min_chunk_size"):
+        ASRConfig.parse(min_chunk_size=-1)
+    with pytest.raises(ConfigError, match="not_a_field"):
+        ASRConfig.parse(not_a_field=1)
+
+
+def test_an_unknown_backend_lists_the_available_ones():
+    with pytest.raises(UnknownBackendError, match="faster-whisper"):
+        registry.get_loader("no-such-backend")
+
+
+def test_a_loader_added_to_the_dict_the_guides_way_is_used():
+    class GuideStyleLoader:
+        def load(self, config):
+            return OnlineASRProcessor(SyntheticASR(), min_chunk_sec=config.min_chunk_size), {"separator": " "}
+
+    registry.MODEL_LOADERS["guide-style"] = GuideStyleLoader()
+    try:
+        processor, meta = registry.load_processor(ASRConfig.parse(backend="guide-style"))
+        assert isinstance(processor, ASRProcessor) and meta["separator"] == " "
+    finally:
+        del registry.MODEL_LOADERS["guide-style"]
+
+
+def test_a_third_party_backend_plugs_in_through_an_entry_point(tmp_path):
+    pkg = tmp_path / "tonebackend"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            from worker.asr.contracts import ASRBase
+            from worker.asr.online import OnlineASRProcessor
+            from worker.backends.synthetic import SyntheticASR
+
+            class ToneLoader:
+                def load(self, config):
+                    return OnlineASRProcessor(SyntheticASR(), min_chunk_sec=config.min_chunk_size), {"separator": " "}
+            """
+        )
+    )
+    dist = tmp_path / "tonebackend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tonebackend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[streamscribe.loaders]\ntones-ep = tonebackend:ToneLoader\n")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from worker.asr.config import ASRConfig
+        from worker.backends.registry import available_backends, load_processor
+        assert "tones-ep" in available_backends()
+        processor, meta = load_processor(ASRConfig.parse(backend="tones-ep"))
+        print(type(processor).__name__, meta["separator"] == " ")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["OnlineASRProcessor", "True"]
+
+
+def test_whisper_timestamped_without_its_extra_names_the_extra_to_install():
+    pytest.importorskip("worker.backends.whisper_timestamped")
+    try:
+        import whisper_timestamped  # noqa: F401
+
+        pytest.skip("whisper_timestamped is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailableError, match=r"streamscribe\[whisper-timestamped\]"):
+        registry.load_processor(ASRConfig.parse(backend="whisper_timestamped"))
+
+
+def test_a_corrupted_offline_model_is_refused_not_used(tmp_path, monkeypatch):
+    from worker.backends import offline_model
+
+    real = {name: offline_model._package_data(name) for name in offline_model._PART_PACKAGES}
+    fake1 = tmp_path / "p1"
+    fake1.mkdir()
+    data = bytearray((real[offline_model._PART_PACKAGES[0]] / "model.bin.part1").read_bytes())
+    data[1000] ^= 0xFF
+    (fake1 / "model.bin.part1").write_bytes(bytes(data))
+    monkeypatch.setattr(
+        offline_model,
+        "_package_data",
+        lambda name: fake1 if name == offline_model._PART_PACKAGES[0] else real[name],
+    )
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        offline_model.offline_base_model_dir(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "whisper-base-offline" / "model.bin").exists()
+
+
+def test_the_guides_asrbase_subclass_keeps_the_model_it_set_before_super_init():
+    class MyCustomASR(ASRBase):
+        def __init__(self, modelsize, lan, **kwargs):
+            self.model = "my-weights"
+            super().__init__(lan, modelsize, **kwargs)
+
+    asr = MyCustomASR("tiny", "en")
+    assert asr.model == "my-weights" and asr.original_language == "en"
+    assert isinstance(registry.get_loader("faster-whisper"), ModelLoader)

@@ -1,0 +1,120 @@
+"""The real Whisper base model (offline package) on the real recordings of ../shared/speech."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.corpus import corpus_wer, load_manifest, speech_dir
+from worker.asr.audio import decode_file
+from worker.asr.config import ASRConfig
+from worker.asr.simulation import simulate
+from worker.backends.registry import load_processor
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+if not (speech_dir() / "manifest.tsv").is_file():
+    pytest.skip(f"speech corpus not found at {speech_dir()}", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def transcribe_corpus(config: ASRConfig, mode: str) -> tuple[list[str], list[str]]:
+    refs, hyps = [], []
+    for rec in load_manifest():
+        processor, _meta = load_processor(config)
+        audio = decode_file(rec.path)
+        hyps.append(
+            " ".join(s.text for s in simulate(processor, audio, 16000, chunk_sec=config.min_chunk_size, mode=mode))
+        )
+        refs.append(rec.reference)
+    return refs, hyps
+
+
+def test_streaming_wer_with_the_defaults_is_within_one_and_a_half_points_of_offline_beam_five():
+    refs, offline = transcribe_corpus(ASRConfig.parse(beam_size=5, vad=False), "offline")
+    _, streaming = transcribe_corpus(ASRConfig(), "unaware")
+    offline_wer, streaming_wer = corpus_wer(refs, offline), corpus_wer(refs, streaming)
+    print(f"offline beam 5 WER {offline_wer:.4f}, streaming defaults WER {streaming_wer:.4f}")
+    assert offline_wer < 0.08
+    assert streaming_wer <= offline_wer + 0.015
+
+
+def test_a_restored_snapshot_reproduces_every_later_output_with_the_real_model():
+    audio = decode_file(speech_dir() / "07_librispeech_1995-1837-0001.wav")
+    config = ASRConfig.parse(min_chunk_size=1.0)
+    step = 16000
+
+    def run(proc, start: int) -> list[tuple]:
+        out = []
+        for i in range(start, audio.shape[0], step):
+            proc.insert_audio_chunk(audio[i : i + step])
+            c = proc.process_iter()
+            out.append((c.start, c.end, c.text))
+        c = proc.finish()
+        return [*out, (c.start, c.end, c.text)]
+
+    reference, _ = load_processor(config)
+    cut = 4 * step
+    for i in range(0, cut, step):
+        reference.insert_audio_chunk(audio[i : i + step])
+        reference.process_iter()
+    snapshot = json.loads(json.dumps(reference.snapshot()))  # survives serialisation
+    resumed, _ = load_processor(config)
+    resumed.restore(snapshot)
+    resumed.insert_audio_chunk(audio[snapshot["buffer_start"] : snapshot["buffer_end"]])
+    assert run(resumed, cut) == run(reference, cut)
+
+
+def test_a_minute_of_silence_or_line_noise_produces_no_words():
+    rng = np.random.default_rng(0)
+    for audio in (np.zeros(60 * 16000, np.float32), (rng.standard_normal(60 * 16000) * 0.01).astype(np.float32)):
+        processor, _ = load_processor(ASRConfig())
+        assert list(simulate(processor, audio, 16000, chunk_sec=2.0)) == []
+    # without VAD, Whisper hears the noise and the no-speech filter drops what it makes up
+    processor, _ = load_processor(ASRConfig.parse(vad=False))
+    noise = (rng.standard_normal(20 * 16000) * 0.01).astype(np.float32)
+    assert list(simulate(processor, noise, 16000, chunk_sec=2.0)) == []
+
+
+def test_the_simulate_command_prints_one_json_object_per_committed_segment():
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "simulate", str(REPO / "samples" / "jfk_inaugural_1961.wav")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines and all(set(obj) == {"emit", "start", "end", "text"} for obj in lines)
+    assert all(a["emit"] <= b["emit"] and a["end"] <= b["start"] + 0.1 for a, b in itertools.pairwise(lines))
+    text = " ".join(obj["text"] for obj in lines).lower()
+    assert "ask not what your country can do for you" in text.replace(",", "").replace(".", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/no/such/file.wav"], "audio file not found"),
+        (["--backend", "nope", "samples/jfk_inaugural_1961.wav"], "unknown backend 'nope'"),
+        (["README.md"], "cannot decode"),
+        (["--min-chunk-size", "-2", "samples/jfk_inaugural_1961.wav"], "min_chunk_size"),
+    ],
+)
+def test_simulate_errors_exit_non_zero_with_one_clear_line(args, message):
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "simulate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr
