@@ -31,7 +31,8 @@ def test_the_demo_prints_the_transcript_and_stops_everything_it_started():
     lines = out.stdout.splitlines()
     assert any("session started" in line for line in lines)
     assert any("session ended (completed)" in line for line in lines)
-    text = " ".join(line for line in lines if "] ch0" in line).lower()
+    text = " ".join(line.split("] ch0", 1)[1] for line in lines if "] ch0" in line).lower()
+    text = " ".join(text.split())
     assert "ask not what your country can do for you" in text.replace(",", "").replace(".", "")
     assert _valkey_pids() <= before  # the embedded server is gone
 
