@@ -13,20 +13,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _valkey_pids() -> set[str]:
-    out = subprocess.run(["pgrep", "-f", "valkey-server"], capture_output=True, text=True)
-    return set(out.stdout.split())
+def _processes_in_session(sid: int) -> list[str]:
+    out = subprocess.run(["pgrep", "-s", str(sid)], capture_output=True, text=True)
+    return out.stdout.split()
 
 
 def test_the_demo_prints_the_transcript_and_stops_everything_it_started():
-    before = _valkey_pids()
-    out = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli.main", "demo", "--speed", "0"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
         cwd=REPO,
+        start_new_session=True,  # everything the demo starts stays in this session
     )
+    stdout, stderr = proc.communicate(timeout=240)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert any("session started" in line for line in lines)
@@ -34,7 +36,7 @@ def test_the_demo_prints_the_transcript_and_stops_everything_it_started():
     text = " ".join(line.split("] ch0", 1)[1] for line in lines if "] ch0" in line).lower()
     text = " ".join(text.split())
     assert "ask not what your country can do for you" in text.replace(",", "").replace(".", "")
-    assert _valkey_pids() <= before  # the embedded server is gone
+    assert _processes_in_session(proc.pid) == []  # the embedded server and all threads are gone
 
 
 def test_the_demo_refuses_a_missing_recording_with_one_line():
