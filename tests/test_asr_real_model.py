@@ -118,3 +118,15 @@ def test_simulate_errors_exit_non_zero_with_one_clear_line(args, message):
     )
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr
+
+
+def test_the_batched_encoder_gives_the_same_words_as_one_call_per_request():
+    from worker.backends.faster_whisper import FasterWhisperASR
+
+    asr = FasterWhisperASR("en", "base", batch_encoder=True)
+    recordings = load_manifest()[2:6]
+    items = [(decode_file(r.path), f"prompt {i}" if i % 2 else "") for i, r in enumerate(recordings)]
+    one_by_one = [asr.transcribe(audio, prompt) for audio, prompt in items]
+    batched = asr.transcribe_batch(items)
+    assert [asr.ts_words(r) for r in batched] == [asr.ts_words(r) for r in one_by_one]
+    assert [asr.segments_end_ts(r) for r in batched] == [asr.segments_end_ts(r) for r in one_by_one]

@@ -30,6 +30,9 @@ class ASRConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
     beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding")
+    batch_encoder: bool | None = Field(
+        None, description="Batch the encoder over sessions; None: on a GPU yes, on the CPU no"
+    )
     no_speech_threshold: float = Field(0.6, ge=0, le=1, description="Drop segments above this")
     input_sample_rate: int = Field(
         16000, ge=8000, le=192000, description="Rate of the audio given to the processor; resampled to 16 kHz"

@@ -8,6 +8,7 @@ any other name or path resolves as faster-whisper resolves it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,10 @@ class FasterWhisperASR(ASRBase):
         compute_type: str = "auto",
         beam_size: int = 1,
         no_speech_threshold: float = 0.6,
+        batch_encoder: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        self._batch_encoder = batch_encoder
         self.device = device
         self.compute_type = compute_type
         self.beam_size = beam_size
@@ -88,19 +91,46 @@ class FasterWhisperASR(ASRBase):
     ) -> Any:
         return load_whisper_model(modelsize or "base", self.device, self.compute_type, model_dir, cache_dir)
 
-    def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[Any]:
-        segments, _info = self.model.transcribe(
-            audio,
-            language=self.original_language,
-            initial_prompt=init_prompt or None,
-            beam_size=self.beam_size,
-            word_timestamps=True,
-            condition_on_previous_text=True,
+    @property
+    def batch_encoder(self) -> bool:
+        """Encode a batch's windows in one call: by default on a GPU only."""
+        if self._batch_encoder is not None:
+            return self._batch_encoder
+        return str(getattr(self.model.model, "device", "cpu")).startswith("cuda")
+
+    def _options(self, init_prompt: str) -> dict[str, Any]:
+        return {
+            "language": self.original_language,
+            "initial_prompt": init_prompt or None,
+            "beam_size": self.beam_size,
+            "word_timestamps": True,
+            "condition_on_previous_text": True,
             # one temperature: sampling fallbacks would make replays after a failover differ
-            temperature=0.0,
+            "temperature": 0.0,
             **self.transcribe_kargs,
-        )
+        }
+
+    def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[Any]:
+        segments, _info = self.model.transcribe(audio, **self._options(init_prompt))
         return list(segments)
+
+    def transcribe_batch(self, items: Sequence[tuple[np.ndarray, str]]) -> list[Any]:
+        """One encoder pass for every request (see ``faster_whisper_batch``).
+
+        Falls back to one call per request when batching cannot apply: a single request, language
+        detection (``lan=auto``), or faster-whisper's own VAD filter, which cuts the audio first;
+        and on the CPU by default, where a batched encoder measured no faster (docs/benchmarks.md).
+        """
+        if (
+            len(items) < 2
+            or not self.batch_encoder
+            or self.original_language is None
+            or self.transcribe_kargs.get("vad_filter")
+        ):
+            return super().transcribe_batch(items)
+        from worker.backends.faster_whisper_batch import transcribe_batched
+
+        return transcribe_batched(self.model, [(audio, self._options(prompt)) for audio, prompt in items])
 
     def ts_words(self, result: list[Any]) -> list[Word]:
         words: list[Word] = []
@@ -131,6 +161,7 @@ class FasterWhisperLoader:
             compute_type=config.compute_type,
             beam_size=config.beam_size,
             no_speech_threshold=config.no_speech_threshold,
+            batch_encoder=config.batch_encoder,
         )
         if config.task == "translate":
             asr.set_translate_task()
