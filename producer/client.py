@@ -8,48 +8,58 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.protocol.keys import Keyspace, check_session_id
+from producer.common import (
+    TRANSIENT_ERRORS,
+    ConnectionOptions,
+    backoff_delays,
+    build_open,
+    is_repeat,
+    same_entry,
+    to_payload,
+)
+from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
-from worker.protocol.pcm import encode_pcm
 from worker.protocol.scripts import Scripts
 from worker.runtime.connection import connect, text
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
-
-
-def _is_repeat(e: ResponseError) -> bool:
-    return "equal or smaller" in str(e)
+T = TypeVar("T")
 
 
 class Producer:
-    """Opens sessions on a Redis (or Redis Cluster) that workers serve."""
+    """Opens sessions on a Redis (or Redis Cluster) that workers serve.
+
+    ``redis_url``, ``key_prefix`` and ``shards`` default to the workers' environment variables
+    (``STREAMSCRIBE_REDIS_URL`` ...), then to ``redis://localhost:6379/0``, ``streamscribe``, 4.
+    The client is thread-safe: several threads may each write their own sessions.
+    """
 
     def __init__(
         self,
-        redis_url: str = "redis://localhost:6379/0",
+        redis_url: str | None = None,
         *,
-        key_prefix: str = "streamscribe",
-        shards: int = 4,
+        key_prefix: str | None = None,
+        shards: int | None = None,
         cluster: bool | None = None,
         client: Any = None,
         retries: int = 8,
         retry_backoff_sec: float = 0.2,
+        retry_max_backoff_sec: float = 5.0,
     ) -> None:
-        self.keys = Keyspace(key_prefix, shards)
-        self.client = client or connect(redis_url, cluster)
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
+        self.keys = Keyspace(options.key_prefix, options.shards)
+        self.client = client or connect(options.redis_url, cluster)
         self.scripts = Scripts()
         self.retries = retries
         self.retry_backoff_sec = retry_backoff_sec
+        self.retry_max_backoff_sec = retry_max_backoff_sec
 
     def open(
         self,
@@ -64,20 +74,22 @@ class Producer:
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
     ) -> SessionWriter:
-        """Create the session and announce it to the workers; returns its writer."""
-        sid = check_session_id(session_id or uuid.uuid4().hex)
-        asr = {
-            k: v
-            for k, v in (
-                ("language", language),
-                ("model", model),
-                ("backend", backend),
-                ("min_chunk_size", min_chunk_size),
-            )
-            if v is not None
-        }
-        opened = SessionOpen(sid, sample_rate, encoding, channels, asr, dict(metadata or {}), time.time())
-        opened.validate()
+        """Create the session and announce it to the workers; returns its writer.
+
+        Opening an existing session (a restarted producer) continues its chunk numbering.
+        """
+        opened = build_open(
+            session_id,
+            sample_rate=sample_rate,
+            encoding=encoding,
+            channels=channels,
+            language=language,
+            model=model,
+            backend=backend,
+            min_chunk_size=min_chunk_size,
+            metadata=metadata,
+        )
+        sid = opened.session_id
         state = self.keys.session_state(sid)
         status, announced = self.retry(
             lambda: self.scripts.call(self.client, "open_session", [state], [opened.encode(), int(time.time() * 1000)])
@@ -95,19 +107,26 @@ class Producer:
             writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
         return writer
 
-    def retry(self, action: Any) -> Any:
+    def retry(self, action: Callable[[], T]) -> T:
         """Run ``action``, retrying connection errors with exponential backoff."""
-        delay = self.retry_backoff_sec
-        for attempt in range(self.retries + 1):
+        for delay in [*backoff_delays(self.retries, self.retry_backoff_sec, self.retry_max_backoff_sec), None]:
             try:
                 return action()
-            except _TRANSIENT as e:
-                if attempt == self.retries:
+            except TRANSIENT_ERRORS as e:
+                if delay is None:
                     raise
-                log.warning("redis unreachable (%s); retry %d in %.1f s", e, attempt + 1, delay)
+                log.warning("redis unreachable (%s); retrying in %.1f s", e, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class SessionWriter:
@@ -121,35 +140,47 @@ class SessionWriter:
         self.closed = False
         self._input = producer.keys.session_input(opened.session_id)
 
-    def send(self, audio: bytes | np.ndarray) -> int:
-        """Append one chunk: raw bytes in the session's encoding, or float samples
-        (``(frames,)`` or ``(frames, channels)``) that are encoded here. Returns its seq."""
+    def send(self, audio: bytes | bytearray | np.ndarray) -> int:
+        """Append one chunk: raw bytes in the session's encoding, or samples (float in [-1, 1] or
+        int16; ``(frames,)`` or ``(frames, channels)``) that are encoded here. Returns its seq."""
         if self.closed:
             raise ValueError(f"session {self.session_id} is closed")
-        payload = audio if isinstance(audio, bytes | bytearray) else encode_pcm(audio, self.opened.encoding)
-        seq = self.seq
-        self._append(AudioChunk(seq=seq, payload=bytes(payload), sent_at=time.time()).encode(), seq)
+        payload = to_payload(audio, self.opened.encoding, self.opened.channels)
+        sent_at = time.time()
+        while not self.append(self.seq, AudioChunk(seq=self.seq, payload=payload, sent_at=sent_at).encode()):
+            self.seq += 1  # an interrupted earlier send landed at this seq: go on after it
         self.seq += 1
-        return seq
+        return self.seq - 1
 
     def close(self, reason: str = "completed") -> None:
         """Mark the end of the audio; the worker commits the tail and ends the session."""
         if self.closed:
             return
-        self._append(EndOfSession(seq=self.seq, sent_at=time.time(), reason=reason).encode(), self.seq)
+        sent_at = time.time()
+        while not self.append(self.seq, EndOfSession(seq=self.seq, sent_at=sent_at, reason=reason).encode()):
+            self.seq += 1
         self.seq += 1
         self.closed = True
 
-    def _append(self, message: bytes, seq: int) -> None:
-        def add() -> None:
-            try:
-                self.producer.client.xadd(self._input, {"m": message}, id=input_entry_id(seq))
-            except ResponseError as e:
-                if not _is_repeat(e):
-                    raise
-                # our earlier attempt landed and only its reply was lost
+    def append(self, seq: int, message: bytes) -> bool:
+        """XADD one encoded input message as entry ``<seq+1>-0``, retrying connection errors.
 
-        self.producer.retry(add)
+        True when the entry now holds ``message`` (added now, or by an attempt whose reply was
+        lost); False when ``seq`` is taken by another message (a send interrupted after its XADD
+        landed, by an exception or a signal, before ``seq`` moved on).
+        """
+        entry_id = input_entry_id(seq)
+
+        def add() -> bool:
+            try:
+                self.producer.client.xadd(self._input, {"m": message}, id=entry_id)
+                return True
+            except ResponseError as e:
+                if not is_repeat(e):
+                    raise
+            return same_entry(self.producer.client.xrange(self._input, entry_id, entry_id), message)
+
+        return self.producer.retry(add)
 
     def __enter__(self) -> SessionWriter:
         return self

@@ -13,7 +13,7 @@ import sys
 
 from worker.errors import StreamscribeError
 
-SUBCOMMANDS = ("simulate", "worker", "produce", "tail", "demo")
+SUBCOMMANDS = ("simulate", "worker", "produce", "tail", "demo", "gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,228 @@
+"""asyncio producer: the same protocol as :mod:`producer.client`, over ``redis.asyncio``.
+
+Chunks go in as entry ``<seq+1>-0`` of the session's input stream. When a connection breaks
+after the server ran an XADD but before its reply arrived, the retry's XADD is refused with
+"equal or smaller than the target stream top item": that refusal means the chunk is in, so the
+writer moves on. Nothing is duplicated, and since ``seq`` only advances after a confirmed
+append, nothing is lost either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
+
+from producer.common import (
+    TRANSIENT_ERRORS,
+    ConnectionOptions,
+    backoff_delays,
+    build_open,
+    is_repeat,
+    same_entry,
+    to_payload,
+)
+from worker.protocol.keys import Keyspace
+from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
+from worker.protocol.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def connect_async(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """A ``redis.asyncio.Redis``, or a ``RedisCluster`` when the server runs in cluster mode."""
+    options = {"socket_timeout": 30, "socket_connect_timeout": 5, **kwargs}
+    if cluster is None:
+        probe = aioredis.Redis.from_url(url, socket_timeout=5)
+        try:
+            cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
+        finally:
+            await probe.aclose()
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+class AsyncProducer:
+    """Opens sessions; create it with ``await AsyncProducer.connect(url)`` (or pass ``client``).
+
+    One producer serves any number of concurrent sessions (tasks) of one event loop.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        retries: int = 8,
+        retry_backoff_sec: float = 0.2,
+        retry_max_backoff_sec: float = 5.0,
+    ) -> None:
+        options = ConnectionOptions.resolve(None, key_prefix, shards)
+        self.keys = Keyspace(options.key_prefix, options.shards)
+        self.client = client
+        self.scripts = Scripts()
+        self.retries = retries
+        self.retry_backoff_sec = retry_backoff_sec
+        self.retry_max_backoff_sec = retry_max_backoff_sec
+
+    @classmethod
+    async def connect(
+        cls,
+        redis_url: str | None = None,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        cluster: bool | None = None,
+        **kwargs: Any,
+    ) -> AsyncProducer:
+        """Connect to ``redis_url`` (default: ``STREAMSCRIBE_REDIS_URL``, then localhost)."""
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
+        client = await connect_async(options.redis_url, cluster)
+        return cls(client, key_prefix=options.key_prefix, shards=options.shards, **kwargs)
+
+    async def open(
+        self,
+        session_id: str | None = None,
+        *,
+        sample_rate: int = 16000,
+        encoding: str = "pcm_s16le",
+        channels: int = 1,
+        language: str | None = None,
+        model: str | None = None,
+        backend: str | None = None,
+        min_chunk_size: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> AsyncSessionWriter:
+        """Create the session and announce it; an existing session continues its numbering."""
+        opened = build_open(
+            session_id,
+            sample_rate=sample_rate,
+            encoding=encoding,
+            channels=channels,
+            language=language,
+            model=model,
+            backend=backend,
+            min_chunk_size=min_chunk_size,
+            metadata=metadata,
+        )
+        sid = opened.session_id
+        state = self.keys.session_state(sid)
+        status, announced = await self.retry(
+            lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
+        )
+        if _text(status) == "exists" and _text(announced) == "1":
+            log.info("session %s exists and is announced already", sid)
+        else:
+            announcements = self.keys.announcements(self.keys.shard_of(sid))
+            await self.retry(lambda: self.client.xadd(announcements, {"session": sid}))
+            await self.retry(lambda: self.client.hset(state, "announced", "1"))
+        writer = AsyncSessionWriter(self, opened)
+        if _text(status) == "exists":
+            last = await self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
+            writer.seq = int(_text(last[0][0]).split("-")[0]) if last else 0
+        return writer
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self.scripts.by_name[name]
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL runs it and caches it, on whichever node owns the keys' slot
+            return await self.client.eval(script.source, len(keys), *keys, *args)
+
+    async def retry(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Await ``action()``, calling it again after connection errors, with exponential backoff."""
+        for delay in [*backoff_delays(self.retries, self.retry_backoff_sec, self.retry_max_backoff_sec), None]:
+            try:
+                return await action()
+            except TRANSIENT_ERRORS as e:
+                if delay is None:
+                    raise
+                log.warning("redis unreachable (%s); retrying in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+class AsyncSessionWriter:
+    """Pushes one session's audio in order. Not for concurrent ``send`` calls on one writer:
+    the order of chunks is the order of the awaited sends."""
+
+    def __init__(self, producer: AsyncProducer, opened: SessionOpen) -> None:
+        self.producer = producer
+        self.opened = opened
+        self.session_id = opened.session_id
+        self.seq = 0
+        self.closed = False
+        self._input = producer.keys.session_input(opened.session_id)
+
+    async def send(self, audio: bytes | bytearray | np.ndarray) -> int:
+        """Append one chunk (bytes in the session's encoding, or float / int16 samples). Returns its seq."""
+        if self.closed:
+            raise ValueError(f"session {self.session_id} is closed")
+        payload = to_payload(audio, self.opened.encoding, self.opened.channels)
+        sent_at = time.time()
+        while not await self.append(self.seq, AudioChunk(seq=self.seq, payload=payload, sent_at=sent_at).encode()):
+            self.seq += 1  # a cancelled earlier send landed at this seq: go on after it
+        self.seq += 1
+        return self.seq - 1
+
+    async def close(self, reason: str = "completed") -> None:
+        """Mark the end of the audio; the worker commits the tail and ends the session."""
+        if self.closed:
+            return
+        sent_at = time.time()
+        while not await self.append(self.seq, EndOfSession(seq=self.seq, sent_at=sent_at, reason=reason).encode()):
+            self.seq += 1
+        self.seq += 1
+        self.closed = True
+
+    async def append(self, seq: int, message: bytes) -> bool:
+        """XADD one encoded input message as entry ``<seq+1>-0``, retrying connection errors.
+
+        True when the entry now holds ``message`` (added now, or by an attempt whose reply was
+        lost); False when ``seq`` is taken by another message (a send cancelled after its XADD
+        landed, before ``seq`` moved on).
+        """
+        entry_id = input_entry_id(seq)
+        client = self.producer.client
+
+        async def add() -> bool:
+            try:
+                await client.xadd(self._input, {"m": message}, id=entry_id)
+                return True
+            except ResponseError as e:
+                if not is_repeat(e):
+                    raise
+            return same_entry(await client.xrange(self._input, entry_id, entry_id), message)
+
+        return await self.producer.retry(add)
+
+    async def __aenter__(self) -> AsyncSessionWriter:
+        return self
+
+    async def __aexit__(self, exc_type: object, *_: object) -> None:
+        await self.close("completed" if exc_type is None else "error")

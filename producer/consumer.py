@@ -1,0 +1,289 @@
+"""Transcript consumers: typed events of one session, of every session, or of a consumer group.
+
+Three ways to read what the workers write:
+
+* :meth:`TranscriptConsumer.session_events` follows one session's output stream from its first
+  event (a session that does not exist yet is waited for) and stops after ``session_ended``;
+* :meth:`TranscriptConsumer.all_events` follows every shard's events stream (all sessions);
+* :meth:`TranscriptConsumer.group_events` reads the shard streams as a member of a consumer
+  group: its own pending (delivered, unacknowledged) entries first, then new ones, so a
+  restarted consumer resumes with no gap and, for what it acknowledged, no duplicate.
+
+On Redis Cluster every shard stream lives in its own slot, and a multi-key XREAD would fail
+with CROSSSLOT; there the shards are read one by one (non-blocking reads of all of them, then
+a short blocking read of one, in turn), which bounds the added latency by ``cluster_block_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from producer.common import ConnectionOptions
+from worker.errors import DecodeError
+from worker.protocol.keys import Keyspace, check_session_id
+from worker.protocol.messages import Event, SessionEnded, decode_event
+from worker.runtime.connection import connect
+
+log = logging.getLogger(__name__)
+
+Streams = dict[str, str]  # stream key -> last id read
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event from a shard's events stream, with where it came from (to ack or resume)."""
+
+    shard: int
+    entry_id: str
+    session: str
+    seq: int
+    event: Event
+
+
+class TranscriptConsumer:
+    """Reads transcript events; connection settings default like :class:`producer.client.Producer`."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        cluster: bool | None = None,
+        client: Any = None,
+        block_ms: int = 1000,
+        cluster_block_ms: int = 50,
+        count: int = 100,
+    ) -> None:
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
+        self.keys = Keyspace(options.key_prefix, options.shards)
+        self.client = client or connect(options.redis_url, cluster)
+        self.cluster = isinstance(self.client, RedisCluster)
+        self.block_ms = block_ms
+        self.cluster_block_ms = cluster_block_ms
+        self.count = count
+        self._turn = 0
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> TranscriptConsumer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- one session -----------------------------------------------------------------------
+
+    def session_events(self, session_id: str, *, idle_timeout: float | None = None) -> Iterator[Event]:
+        """Every event of one session, from its first, until ``session_ended``.
+
+        Waits for a session that has not started yet. With ``idle_timeout``, stops early (without
+        ``session_ended``) after that many seconds with no event.
+        """
+        key = self.keys.session_output(check_session_id(session_id))
+        streams = {key: "0-0"}
+        deadline = _deadline(idle_timeout)
+        while True:
+            replies = self._xread(streams, self._block(deadline))
+            if not replies:
+                if _expired(deadline):
+                    return
+                continue
+            deadline = _deadline(idle_timeout)
+            for _key, entry_id, fields in replies:
+                streams[key] = entry_id
+                event = _decode(fields, entry_id)
+                if event is None:
+                    continue
+                yield event
+                if isinstance(event, SessionEnded):
+                    return
+
+    # -- every session ---------------------------------------------------------------------
+
+    def all_events(
+        self, *, from_start: bool = False, idle_timeout: float | None = None, after: dict[int, str] | None = None
+    ) -> Iterator[Delivery]:
+        """Events of every session, in order per session, from now (or the retained start).
+
+        ``after`` maps shard -> the last entry id already seen (a :class:`Delivery`'s
+        ``entry_id``), to resume exactly where an earlier reader stopped. "Now" is when this
+        method is called, not when the iteration starts.
+        """
+        streams: Streams = {}
+        for shard in self.keys.all_shards():
+            key = self.keys.events(shard)
+            if after and shard in after:
+                streams[key] = after[shard]
+            elif from_start:
+                streams[key] = "0-0"
+            else:
+                # a concrete id, not "$": with per-shard reads "$" would skip what arrives between them
+                last = self.client.xrevrange(key, count=1)
+                streams[key] = _text(last[0][0]) if last else "0-0"
+        return self._follow(streams, idle_timeout)
+
+    def _follow(self, streams: Streams, idle_timeout: float | None) -> Iterator[Delivery]:
+        shard_of = {self.keys.events(k): k for k in self.keys.all_shards()}
+        deadline = _deadline(idle_timeout)
+        while True:
+            replies = self._xread(streams, self._block(deadline))
+            if not replies:
+                if _expired(deadline):
+                    return
+                continue
+            deadline = _deadline(idle_timeout)
+            for key, entry_id, fields in replies:
+                streams[key] = entry_id
+                delivery = _delivery(shard_of[key], entry_id, fields)
+                if delivery is not None:
+                    yield delivery
+
+    # -- consumer group --------------------------------------------------------------------
+
+    def ensure_group(self, group: str, start: str = "0") -> None:
+        """Create ``group`` on every shard's events stream (``start``: "0" for all retained
+        events, "$" for new ones only); an existing group is left as it is."""
+        for shard in self.keys.all_shards():
+            try:
+                self.client.xgroup_create(self.keys.events(shard), group, id=start, mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def group_events(
+        self,
+        group: str,
+        consumer: str,
+        *,
+        auto_ack: bool = True,
+        idle_timeout: float | None = None,
+        start: str = "0",
+    ) -> Iterator[Delivery]:
+        """Events of every session, shared among the consumers of ``group``.
+
+        This consumer's pending entries (delivered before a crash, never acknowledged) come
+        first, then new entries. With ``auto_ack`` a delivery is acknowledged when the loop asks
+        for the next one, that is after the caller handled it; breaking out of the loop leaves the
+        last one pending, to be delivered again on restart (at least once, never skipped). Without
+        ``auto_ack``, call :meth:`ack`.
+        """
+        self.ensure_group(group, start)
+        shard_of = {self.keys.events(k): k for k in self.keys.all_shards()}
+        # "0" reads our own pending list; once a shard's is drained, ">" reads new entries
+        streams: Streams = {key: "0-0" for key in shard_of}
+        deadline = _deadline(idle_timeout)
+        while True:
+            draining = any(pos != ">" for pos in streams.values())
+            block = None if draining else self._block(deadline)
+            replies = self._xreadgroup(group, consumer, streams, block)
+            if draining:
+                seen = {key for key, _id, _f in replies}
+                for key, pos in streams.items():
+                    if pos != ">" and key not in seen:
+                        streams[key] = ">"
+            if not replies:
+                if not draining and _expired(deadline):
+                    return
+                continue
+            deadline = _deadline(idle_timeout)
+            for key, entry_id, fields in replies:
+                if streams[key] != ">":
+                    streams[key] = entry_id
+                shard = shard_of[key]
+                delivery = _delivery(shard, entry_id, fields)
+                if delivery is None:
+                    self.ack(group, shard, entry_id)  # undecodable: reported once, never redelivered
+                    continue
+                yield delivery
+                if auto_ack:
+                    self.ack(group, shard, entry_id)
+
+    def ack(self, group: str, shard: int, entry_id: str) -> None:
+        """Acknowledge one entry of ``shard``'s events stream (``Delivery.shard``, ``.entry_id``)."""
+        self.client.xack(self.keys.events(shard), group, entry_id)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _block(self, deadline: float | None) -> int:
+        if deadline is None:
+            return self.block_ms
+        return max(1, min(self.block_ms, int((deadline - time.monotonic()) * 1000)))
+
+    def _xread(self, streams: Streams, block: int) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        return self._read(lambda s, b: self.client.xread(s, count=self.count, block=b), streams, block)
+
+    def _xreadgroup(
+        self, group: str, consumer: str, streams: Streams, block: int | None
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        def call(s: Streams, b: int | None) -> Any:
+            return self.client.xreadgroup(group, consumer, s, count=self.count, block=b)
+
+        return self._read(call, streams, block)
+
+    def _read(self, call: Any, streams: Streams, block: int | None) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """One read of ``streams``: one command on a standalone server, one per stream on a cluster."""
+        if not self.cluster or len(streams) == 1:
+            return _flatten(call(streams, block))
+        out: list[tuple[str, str, dict[bytes, bytes]]] = []
+        for key, pos in streams.items():
+            out += _flatten(call({key: pos}, None))
+        if out or block is None:
+            return out
+        # nothing anywhere: wait briefly on one shard (in turn), then the caller polls them all again
+        keys = list(streams)
+        key = keys[self._turn % len(keys)]
+        self._turn += 1
+        return _flatten(call({key: streams[key]}, min(block, self.cluster_block_ms)))
+
+
+def _flatten(reply: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    """XREAD's reply (a list, or a dict under RESP3) as (stream, entry id, fields) triples."""
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else reply
+    out = []
+    for key, entries in items:
+        for entry_id, fields in entries:
+            # a pending entry deleted by trimming comes back with no fields
+            out.append((_text(key), _text(entry_id), fields or {}))
+    return out
+
+
+def _decode(fields: dict[bytes, bytes], entry_id: str) -> Event | None:
+    raw = fields.get(b"m")
+    if raw is None:
+        log.warning("entry %s has no event (trimmed away?); skipping it", entry_id)
+        return None
+    try:
+        return decode_event(raw)
+    except DecodeError as e:
+        log.warning("entry %s: %s; skipping it", entry_id, e)
+        return None
+
+
+def _delivery(shard: int, entry_id: str, fields: dict[bytes, bytes]) -> Delivery | None:
+    event = _decode(fields, entry_id)
+    if event is None:
+        return None
+    return Delivery(shard, entry_id, _text(fields.get(b"session", event.session)), int(fields.get(b"seq", 0)), event)
+
+
+def _deadline(idle_timeout: float | None) -> float | None:
+    return None if idle_timeout is None else time.monotonic() + idle_timeout
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
