@@ -115,7 +115,7 @@ class PrometheusObserver(WorkerObserver):
 
     def committed(self, result: str, segments: int) -> None:
         self.commits_total.labels(result=result).inc()
-        if segments:
+        if segments and result == "ok":  # a fenced or failed commit wrote nothing
             self.segments_committed_total.inc(segments)
 
     def latency(self, seconds: float) -> None:

@@ -66,29 +66,38 @@ class SessionFactory:
 
     def _build(self, lease: SessionLease, open_blob: bytes | None) -> LiveSession:
         """A live session; a bad open message or a refused option gives one that fails at once."""
-        s = self.settings
+        raw = open_blob or b""
         try:
             if not open_blob:
                 raise DecodeError("the session has no open message")
             opened = SessionOpen.decode(open_blob)
         except DecodeError as e:
             fallback = SessionOpen(session_id=lease.session_id)
-            session = self._live(lease, fallback, [], 16000)
-            session.started_event()
-            session.fail(inputs.BAD_SESSION, f"invalid session open message: {e}")
-            return session
+            return self._refused(lease, fallback, inputs.BAD_SESSION, f"invalid session open message: {e}", raw)
         try:
-            if opened.channels > s.max_channels:
-                raise ConfigError(f"{opened.channels} channels; this worker takes at most {s.max_channels}")
+            self._check_allowed(opened)
+        except ConfigError as e:
+            return self._refused(lease, opened, inputs.NOT_ALLOWED, str(e), raw)
+        try:
             config = self.session_config(opened)
+        except ConfigError as e:
+            return self._refused(lease, opened, inputs.BAD_SESSION, f"invalid ASR options: {e}", raw)
+        try:
             loaded = [load_processor(config) for _ in range(opened.channels)]
         except StreamscribeError as e:
+            # the session asked for something allowed; this worker could not provide it
             session = self._live(lease, opened, [], opened.sample_rate)
             session.started_event()
-            session.fail(inputs.NOT_ALLOWED if isinstance(e, ConfigError) else "backend_error", str(e))
+            session.fail("backend_error", str(e))
             return session
         rate = int(loaded[0][1].get("sample_rate", 16000))
         return self._live(lease, opened, [p for p, _meta in loaded], rate)
+
+    def _refused(self, lease: SessionLease, opened: SessionOpen, reason: str, message: str, raw: bytes) -> LiveSession:
+        session = self._live(lease, opened, [], opened.sample_rate)
+        session.started_event()
+        session.reject_open(reason, message, raw)
+        return session
 
     def _live(self, lease: SessionLease, opened: SessionOpen, processors: list[Any], rate: int) -> LiveSession:
         return LiveSession(
@@ -97,21 +106,31 @@ class SessionFactory:
             processors,
             worker_id=self.settings.worker_id,
             max_chunk_bytes=self.settings.max_chunk_bytes,
-            catchup_threshold_sec=self.settings.catchup_threshold_sec,
             processor_rate=rate,
         )
 
-    def session_config(self, opened: SessionOpen) -> ASRConfig:
-        """The worker's ASR defaults with the session's allowed overrides."""
+    def _check_allowed(self, opened: SessionOpen) -> None:
+        """Refuse (ConfigError) what this worker does not serve: channels, backend, model."""
         s = self.settings
         asked = opened.asr
-        backend = str(asked.get("backend", s.asr.backend))
-        model = str(asked.get("model", s.asr.model))
-        if "backend" in asked and backend not in s.allowed_backends:
-            raise ConfigError(f"backend {backend!r} is not allowed here; allowed: {', '.join(s.allowed_backends)}")
-        if "model" in asked and model not in s.allowed_models:
-            raise ConfigError(f"model {model!r} is not allowed here; allowed: {', '.join(s.allowed_models)}")
-        changes: dict[str, Any] = {"backend": backend, "model": model, "input_sample_rate": opened.sample_rate}
+        if opened.channels > s.max_channels:
+            raise ConfigError(f"{opened.channels} channels; this worker takes at most {s.max_channels}")
+        if "backend" in asked and str(asked["backend"]) not in s.allowed_backends:
+            raise ConfigError(
+                f"backend {asked['backend']!r} is not allowed here; allowed: {', '.join(s.allowed_backends)}"
+            )
+        if "model" in asked and str(asked["model"]) not in s.allowed_models:
+            raise ConfigError(f"model {asked['model']!r} is not allowed here; allowed: {', '.join(s.allowed_models)}")
+
+    def session_config(self, opened: SessionOpen) -> ASRConfig:
+        """The worker's ASR defaults with the session's overrides (see :meth:`_check_allowed`)."""
+        s = self.settings
+        asked = opened.asr
+        changes: dict[str, Any] = {
+            "backend": str(asked.get("backend", s.asr.backend)),
+            "model": str(asked.get("model", s.asr.model)),
+            "input_sample_rate": opened.sample_rate,
+        }
         if "language" in asked:
             changes["lan"] = asked["language"]
         if "min_chunk_size" in asked:

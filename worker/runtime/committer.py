@@ -37,6 +37,8 @@ class Committer:
         self.scripts = scripts
         self.retention_ms = retention_ms
         self.events_maxlen = events_maxlen
+        #: sessions whose copy to the shard streams fell behind their committed records
+        self.behind: set[str] = set()
 
     def commit(self, sessions: list[LiveSession]) -> list[CommitOutcome]:
         """Run ``commit.lua`` for every session in one pipeline."""
@@ -87,11 +89,17 @@ class Committer:
         log.error("session %s: commit refused: %s %s", s.session_id, status, text(reply[1]))
         return CommitOutcome(s, FENCED, records, status)
 
-    def forward(self, batches: list[tuple[str, list[tuple[int, Record]]]]) -> None:
-        """Copy committed records to the shard streams (``forward.lua``, idempotent)."""
-        calls = []
-        for sid, records in batches:
+    def forward(self, batches: list[tuple[str, list[tuple[int, Record]]]]) -> set[str]:
+        """Copy committed records to the shard streams (``forward.lua``, idempotent).
+
+        Returns the sessions whose copy is behind their last record (a failed or refused copy);
+        a later call for such a session re-reads what is missing from its own streams first.
+        """
+        calls, copied = [], []
+        for sid, given in batches:
+            records = self.pending_records(sid) if sid in self.behind else given
             if not records:
+                self.behind.discard(sid)
                 continue
             shard = self.keys.shard_of(sid)
             keys = [self.keys.events(shard), self.keys.dead_letters(shard), self.keys.forward_cursors(shard)]
@@ -99,10 +107,15 @@ class Committer:
             for seq, r in records:
                 args += [seq, r.kind, r.type, r.payload]
             calls.append((keys, args))
-        for reply in self._run_pipeline(calls, "forward"):
-            if isinstance(reply, Exception):
-                # the records are committed; the next owner or the next catch-up copies them
-                log.error("forwarding to the shard streams failed: %s", reply)
+            copied.append((sid, records[-1][0]))
+        for (sid, last), reply in zip(copied, self._run_pipeline(calls, "forward"), strict=True):
+            if isinstance(reply, Exception) or int(reply) < last:
+                # the records are committed; the next copy of this session starts at its cursor
+                log.warning("session %s: copy to the shard streams is behind: %s", sid, reply)
+                self.behind.add(sid)
+            else:
+                self.behind.discard(sid)
+        return {sid for sid, _last in copied if sid in self.behind}
 
     def pending_records(self, sid: str) -> list[tuple[int, Record]]:
         """Committed records of ``sid`` not yet copied to its shard (after a crash in between)."""

@@ -76,3 +76,37 @@ def parse_entry(entry_id: str, fields: dict[Any, Any], session: SessionOpen, max
     except InvalidAudioError as e:
         return InputEntry(entry_id, message.seq, reject_reason=BAD_AUDIO, reject_message=str(e), raw=raw)
     return InputEntry(entry_id, message.seq, audio=audio, sent_at=message.sent_at)
+
+
+@dataclass
+class SeqTracker:
+    """Which ``seq`` comes next: tells duplicates and gaps apart from chunks in order.
+
+    A run and a restore both decide with it, so a new owner that replays the retained input
+    feeds exactly the entries the old owner fed (a duplicate it skipped stays skipped).
+    ``unnumbered`` counts rejected entries whose seq could not be read since the last one that
+    could: a gap they explain is reported as their rejection, not a second time as missing audio.
+    """
+
+    expected: int = 0
+    unnumbered: int = 0
+
+    def admit(self, entry: InputEntry) -> tuple[bool, int]:
+        """(accepted, chunks missing just before it) for the next entry in stream order."""
+        if entry.reject_reason:
+            if entry.seq is None:
+                self.unnumbered += 1
+            elif entry.seq >= self.expected:
+                self._advance(entry.seq)
+            return False, 0
+        assert entry.seq is not None
+        if entry.seq < self.expected:
+            return False, 0
+        return True, self._advance(entry.seq)
+
+    def _advance(self, seq: int) -> int:
+        missing = seq - self.expected
+        explained = min(missing, self.unnumbered)
+        self.expected = seq + 1
+        self.unnumbered = 0
+        return missing - explained

@@ -144,6 +144,7 @@ class Worker:
                 if s.lease.shard == shard and s.lease.entry_id == entry_id:
                     log.warning("lost the lease of session %s; dropping it", sid)
                     del self.sessions[sid]
+                    self.committer.behind.discard(sid)  # the new owner copies what is left
 
     def _take_sessions(self) -> int:
         if self._stopping.is_set():
@@ -167,7 +168,11 @@ class Worker:
         outcome = self.factory.acquire(shard, entry_id, sid, int(time.time() * 1000))
         if outcome.status in ("ended", "missing", "duplicate"):
             if outcome.status == "ended":
-                self.committer.forward([(sid, self.committer.pending_records(sid))])
+                behind = self.committer.forward([(sid, self.committer.pending_records(sid))])
+                self.committer.behind.discard(sid)
+                if behind:
+                    # still not copied: leave the lease to expire, so a later janitor pass retries
+                    return
             log.info("announcement %s of session %s: %s; acknowledging it", entry_id, sid, outcome.status)
             self.leases.finish(shard, entry_id)
             return
@@ -180,14 +185,18 @@ class Worker:
         self.sessions[sid] = session
 
     def _read_input(self) -> None:
-        active = [s for s in self.sessions.values() if not s.end_reached]
+        """Top up each session's queue to ``read_count`` entries, in one pipelined round trip.
+
+        Never more: a backlog (after an outage, or a burst) stays in Redis, not decoded in this
+        process's memory, which stays flat however far behind a session is.
+        """
+        limit = self.settings.read_count
+        active = [s for s in self.sessions.values() if not s.end_reached and len(s.queue) < limit]
         if not active:
             return
         pipe = self.client.pipeline(transaction=False)
         for s in active:
-            pipe.xrange(
-                self.keys.session_input(s.session_id), f"({s.last_read_id}", "+", count=self.settings.read_count
-            )
+            pipe.xrange(self.keys.session_input(s.session_id), f"({s.last_read_id}", "+", count=limit - len(s.queue))
         for s, entries in zip(active, pipe.execute(), strict=True):
             if entries:
                 chunks, audio_sec = s.take_entries(entries)
@@ -232,11 +241,18 @@ class Worker:
                     self.observer.latency(time.time() - s.stats.latest_sent_at)
             elif o.result == FENCED:
                 self.sessions.pop(s.session_id, None)
-        self.committer.forward(forwards)
+                self.committer.behind.discard(s.session_id)  # the new owner copies them
+        behind = self.committer.forward(forwards)
         for o in outcomes:
             s = o.session
             if o.result == OK and s.ended:
-                self.leases.finish(s.lease.shard, s.lease.entry_id)
+                if s.session_id in behind:
+                    # acknowledging now would lose the uncopied records: hand the lease over, and
+                    # whoever claims it finds the session ended and finishes the copy first
+                    self.committer.behind.discard(s.session_id)
+                    self.leases.release(s.lease.shard, s.lease.entry_id)
+                else:
+                    self.leases.finish(s.lease.shard, s.lease.entry_id)
                 self.sessions.pop(s.session_id, None)
                 self.observer.session_ended(s.ended_reason or "completed")
                 log.info("session %s ended (%s)", s.session_id, s.ended_reason)
@@ -260,15 +276,16 @@ class Worker:
 
 
 def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
+    """Calls batch together only when any of their backends would answer each the same.
+
+    One backend instance answers the whole batch, so they must share its class, its model and
+    every setting it holds (language, beam, decoding options, and backend-specific ones such as
+    the synthetic backend's sample grid, which differs between 8 and 16 kHz sessions). Comparing
+    all instance attributes but the model keeps that true for backends this module never saw.
+    """
     asr = call.processor.asr
-    options = tuple(sorted((k, repr(v)) for k, v in getattr(asr, "transcribe_kargs", {}).items()))
-    return (
-        type(asr),
-        id(getattr(asr, "model", asr)),
-        getattr(asr, "original_language", None),
-        getattr(asr, "beam_size", None),
-        options,
-    )
+    settings = tuple(sorted((k, repr(v)) for k, v in vars(asr).items() if k != "model"))
+    return (type(asr), id(getattr(asr, "model", asr)), settings)
 
 
 def _is_connection_error(e: Exception) -> bool:

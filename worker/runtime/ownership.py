@@ -55,7 +55,11 @@ class LeaseManager:
             if len(claimed) >= limit:
                 break
             stream = self.keys.announcements(shard)
-            reply = self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=limit - len(claimed))
+            try:
+                reply = self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=limit - len(claimed))
+            except ResponseError as e:
+                self._recreate_group(e)
+                continue
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     claimed.append((shard, text(entry_id), _session_of(fields)))
@@ -69,15 +73,27 @@ class LeaseManager:
                 break
             stream = self.keys.announcements(shard)
             start = self._janitor_cursor.get(shard, "0-0")
-            reply = self.client.xautoclaim(
-                stream, self.group, self.consumer, self.ttl_ms, start_id=start, count=limit - len(claimed)
-            )
+            try:
+                reply = self.client.xautoclaim(
+                    stream, self.group, self.consumer, self.ttl_ms, start_id=start, count=limit - len(claimed)
+                )
+            except ResponseError as e:
+                self._recreate_group(e)
+                continue
             self._janitor_cursor[shard] = text(reply[0])
             for entry_id, fields in reply[1]:
                 if fields is None:
                     continue
                 claimed.append((shard, text(entry_id), _session_of(fields)))
         return claimed
+
+    def _recreate_group(self, e: ResponseError) -> None:
+        """A server that restarted empty (or was flushed) lost the group: make it again."""
+        if "NOGROUP" not in str(e):
+            raise e
+        log.warning("the workers' group is gone (%s); creating it again", e)
+        self.ensure_groups()
+        self._janitor_cursor.clear()
 
     def renew(self, held: dict[int, list[str]]) -> list[tuple[int, str]]:
         """Reset the idle time of held entries; return those that are no longer ours."""
@@ -91,15 +107,12 @@ class LeaseManager:
         return lost
 
     def release(self, shard: int, entry_id: str) -> None:
-        """Hand a session over: park its entry as if idle for twice the TTL."""
-        self.client.xclaim(
-            self.keys.announcements(shard),
-            self.group,
-            HANDOVER_CONSUMER,
-            0,
-            [entry_id],
-            idle=self.ttl_ms * 2,
-            justid=True,
+        """Hand a session over: park its entry, if still ours, as if idle for twice the TTL."""
+        self.scripts.call(
+            self.client,
+            "release",
+            [self.keys.announcements(shard)],
+            [self.group, self.consumer, HANDOVER_CONSUMER, self.ttl_ms * 2, entry_id],
         )
 
     def finish(self, shard: int, entry_id: str) -> None:

@@ -5,12 +5,13 @@ The session moves through the worker's loop in three steps:
 1. :meth:`LiveSession.take_entries` queues entries read from the input stream;
 2. :meth:`LiveSession.plan_iteration` consumes queued entries until a processor is due (or the
    stream ends) and returns the transcribe calls this iteration needs;
-3. :meth:`LiveSession.complete_iteration` takes their results and builds the records (events
-   and dead letters) and the checkpoint that the commit script writes atomically.
+3. :meth:`LiveSession.complete_call` takes each call's result and
+   :meth:`LiveSession.finish_iteration` closes the step; they build the records (events and
+   dead letters) and the checkpoint that the commit script writes atomically.
 
 Processing points depend only on the input (a processor is due once ``min_chunk`` seconds of
-new audio are in), so a run restored from a checkpoint makes the same calls as one that never
-stopped, and with a deterministic backend emits the same segments.
+new audio are in, whatever the backlog), so a run restored from a checkpoint makes the same
+calls as one that never stopped, and with a deterministic backend emits the same segments.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ class Totals:
         }
 
 
+@dataclass(frozen=True)
+class Fatal:
+    """Why the session ends with an error at its next commit; ``letter`` when the input was at fault."""
+
+    code: str
+    message: str
+    letter: DeadLetter | None = None
+
+
 @dataclass
 class IterationStats:
     chunks: int = 0
@@ -114,7 +124,6 @@ class LiveSession:
         *,
         worker_id: str,
         max_chunk_bytes: int,
-        catchup_threshold_sec: float,
         processor_rate: int,
     ) -> None:
         self.lease = lease
@@ -122,14 +131,13 @@ class LiveSession:
         self.processors = processors
         self.worker_id = worker_id
         self.max_chunk_bytes = max_chunk_bytes
-        self.catchup_frames = round(catchup_threshold_sec * opened.sample_rate)
         self.processor_rate = processor_rate
         self.queue: deque[inputs.InputEntry] = deque()
         self.fed: deque[FedEntry] = deque()
         self.last_read_id = "0-0"
         self.in_pos = "0-0"
         self.frames_fed = 0
-        self.expected_seq = 0
+        self.seqs = inputs.SeqTracker()
         self.out_seq = 0
         self.started = False
         self.ended_reason: str | None = None
@@ -139,7 +147,7 @@ class LiveSession:
         self.dirty = False
         self.last_input_at = time.monotonic()
         self.stats = IterationStats()
-        self._pending_fatal: tuple[str, str] | None = None
+        self._pending_fatal: Fatal | None = None
         self.end_reason = "completed"
 
     @property
@@ -205,13 +213,18 @@ class LiveSession:
         return calls
 
     def _consume_until_due(self) -> bool:
-        remaining = sum(e.frames for e in self.queue)
+        """Consume queued entries up to the first processing point (True) or the queue's end.
+
+        The first point, not the last of a backlog: skipping points to catch up would make them
+        depend on how much was read at once, so a burst, a real-time run and a run restored
+        after a takeover would give different segments, and a skipped-over buffer could grow
+        past the model's 30 s window.
+        """
         while self.queue:
             entry = self.queue.popleft()
-            remaining -= entry.frames
             self.in_pos = entry.entry_id
             self.dirty = True
-            if self._check_entry(entry):
+            if not self._admit(entry):
                 continue
             if entry.end is not None:
                 self.end_reached = True
@@ -222,27 +235,27 @@ class LiveSession:
                 self.queue.clear()
                 return True
             self._feed(entry)
-            if any(_is_due(p) for p in self.processors) and remaining <= self.catchup_frames:
+            if any(_is_due(p) for p in self.processors):
                 return True
         return False
 
-    def _check_entry(self, entry: inputs.InputEntry) -> bool:
-        """Reject a bad entry (True) or accept its sequence number (False)."""
+    def _admit(self, entry: inputs.InputEntry) -> bool:
+        """Accept an entry in sequence (True), or reject it with an error and a dead letter."""
+        expected = self.seqs.expected
+        accepted, missing = self.seqs.admit(entry)
         if entry.reject_reason:
             self._reject(entry, entry.reject_reason, entry.reject_message)
-            if entry.seq is not None and entry.seq >= self.expected_seq:
-                self.expected_seq = entry.seq + 1
-            return True
-        assert entry.seq is not None
-        if entry.seq < self.expected_seq:
-            self._reject(entry, inputs.SEQ_DUPLICATE, f"seq {entry.seq} repeats; expected {self.expected_seq}")
-            return True
-        if entry.seq > self.expected_seq:
-            missing = entry.seq - self.expected_seq
-            self._emit_error(inputs.SEQ_GAP, f"{missing} chunk(s) missing before seq {entry.seq}", fatal=False)
+        elif not accepted:
+            self._reject(entry, inputs.SEQ_DUPLICATE, f"seq {entry.seq} repeats; expected {expected}")
+        elif missing:
+            # the entry itself is fine; the letter records the audio that never arrived
+            message = f"{missing} chunk(s) missing before seq {entry.seq}"
             self.stats.rejected.append(inputs.SEQ_GAP)
-        self.expected_seq = entry.seq + 1
-        return False
+            self._emit_error(inputs.SEQ_GAP, f"entry {entry.entry_id}: {message}", fatal=False)
+            self.records.append(
+                ("d", DeadLetter(self.session_id, entry.entry_id, inputs.SEQ_GAP, message, b"", time.time()))
+            )
+        return accepted
 
     def _feed(self, entry: inputs.InputEntry) -> None:
         assert entry.audio is not None
@@ -269,9 +282,11 @@ class LiveSession:
     def finish_iteration(self) -> None:
         """After every call of this iteration completed: the end of stream, if reached."""
         if self._pending_fatal:
-            code, message = self._pending_fatal
-            self._pending_fatal = None
-            self._emit_error(code, message, fatal=True)
+            fatal, self._pending_fatal = self._pending_fatal, None
+            if fatal.letter is not None:
+                self.stats.rejected.append(fatal.code)
+                self.records.append(("d", fatal.letter))
+            self._emit_error(fatal.code, fatal.message, fatal=True)
             self._end("error")
             return
         if self.end_reached and not self.ended:
@@ -281,7 +296,13 @@ class LiveSession:
 
     def fail(self, code: str, message: str) -> None:
         """End the session with a fatal error at the next commit."""
-        self._pending_fatal = (code, message)
+        self._pending_fatal = Fatal(code, message)
+        self.dirty = True
+
+    def reject_open(self, reason: str, message: str, raw: bytes) -> None:
+        """End the session because its open message is unusable: an error, and a dead letter of it."""
+        letter = DeadLetter(self.session_id, "open", reason, message, raw[:1024], time.time())
+        self._pending_fatal = Fatal(reason, message, letter)
         self.dirty = True
 
     def _end(self, reason: str) -> None:
@@ -357,7 +378,8 @@ class LiveSession:
             {
                 "v": CHECKPOINT_VERSION,
                 "in_pos": self.in_pos,
-                "expected_seq": self.expected_seq,
+                "expected_seq": self.seqs.expected,
+                "unnumbered": self.seqs.unnumbered,
                 "frames_fed": self.frames_fed,
                 "trim": [trim_id, trim_frame] if trim_id else None,
                 "channels": snapshots,
@@ -387,12 +409,18 @@ class LiveSession:
 
     def restore(self, blob: bytes, out_seq: int, retained: list[tuple[Any, dict[Any, Any]]]) -> None:
         """Load a checkpoint and rebuild the processors' audio from the retained input entries."""
+        snapshots, trim = self._load_checkpoint(blob)
+        self.out_seq = out_seq
+        if trim is not None:
+            self._rebuild_audio(snapshots, int(trim[1]), retained)
+
+    def _load_checkpoint(self, blob: bytes) -> tuple[list[dict[str, Any]], list[Any] | None]:
         try:
             state = msgpack.unpackb(blob, raw=False)
             if state.get("v") != CHECKPOINT_VERSION:
                 raise SnapshotError(f"checkpoint version {state.get('v')!r} is not {CHECKPOINT_VERSION}")
             self.in_pos = self.last_read_id = state["in_pos"]
-            self.expected_seq = int(state["expected_seq"])
+            self.seqs = inputs.SeqTracker(int(state["expected_seq"]), int(state.get("unnumbered", 0)))
             self.frames_fed = int(state["frames_fed"])
             self.started = bool(state["started"])
             t = state["totals"]
@@ -400,19 +428,25 @@ class LiveSession:
             snapshots = state["channels"]
             for proc, snap in zip(self.processors, snapshots, strict=True):
                 proc.restore(snap)
-            trim = state["trim"]
+            return snapshots, state["trim"]
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
             raise SnapshotError(f"malformed checkpoint: {e!r}") from e
-        self.out_seq = out_seq
-        if trim is None:
-            return
-        frame = int(trim[1])
+
+    def _rebuild_audio(
+        self, snapshots: list[dict[str, Any]], frame: int, retained: list[tuple[Any, dict[Any, Any]]]
+    ) -> None:
+        """Insert the retained audio from each processor's ``buffer_start`` on, as it came before."""
+        # the first retained entry was fed (the trim point is one), so replaying the sequence
+        # checks from it skips exactly the entries the old owner skipped, duplicates included
+        replay: inputs.SeqTracker | None = None
         for raw_id, fields in retained:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
-            if entry.audio is None or entry.reject_reason:
+            if replay is None:
+                replay = inputs.SeqTracker(entry.seq or 0)
+            if not replay.admit(entry)[0] or entry.audio is None:
                 continue  # rejected (and reported) before the checkpoint
             self.fed.append(FedEntry(entry_id, frame))
             for channel, (proc, snap) in enumerate(zip(self.processors, snapshots, strict=True)):

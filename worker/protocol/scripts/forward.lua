@@ -10,12 +10,18 @@
 --
 -- The session's commit and this copy live in different slots, so they cannot be one step; the
 -- cursor makes the copy idempotent, and a new owner re-runs it for records after the cursor.
+-- Only records that continue the cursor are copied: after a failed copy, the next batch would
+-- start past a gap, and moving the cursor over it would lose the missing records for good. The
+-- caller compares the returned cursor with its last seq and re-reads what is missing.
 -- Returns the cursor after the copy.
 local cursor = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
   local seq = tonumber(ARGV[4 + 4 * i])
-  if seq > cursor then
+  if seq > cursor + 1 then
+    break
+  end
+  if seq == cursor + 1 then
     local kind, rtype, payload = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
     local target = KEYS[1]
     if kind ~= 'e' then target = KEYS[2] end
