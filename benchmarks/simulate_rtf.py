@@ -2,7 +2,8 @@
 
     python -m benchmarks.simulate_rtf                       # the defaults
     python -m benchmarks.simulate_rtf --min-chunk-size 1.0 --beam-size 5
-    python -m benchmarks.simulate_rtf --mode offline --beam-size 5   # the quality reference
+    python -m benchmarks.simulate_rtf --mode offline --beam-size 5 --no-vad --window-padding-sec none
+                                                   # the quality reference: plain faster-whisper
 
 RTF = processing seconds / audio seconds, model loading excluded, in ``unaware`` mode (audio
 fed back to back as fast as the processor takes it). WER is corpus WER after Whisper's English
@@ -41,6 +42,12 @@ def main() -> None:
     p.add_argument("--beam-size", type=int, default=ASRConfig().beam_size)
     p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=ASRConfig().vad)
     p.add_argument("--buffer-trimming-sec", type=float, default=ASRConfig().buffer_trimming_sec)
+    p.add_argument(
+        "--window-padding-sec",
+        type=lambda v: None if v == "none" else float(v),
+        default=ASRConfig().window_padding_sec,
+        help="silence after the buffer in the encoder window; 'none' for Whisper's full 30 s",
+    )
     args = p.parse_args()
     config = ASRConfig.parse(
         model=args.model,
@@ -48,6 +55,7 @@ def main() -> None:
         beam_size=args.beam_size,
         vad=args.vad,
         buffer_trimming_sec=args.buffer_trimming_sec,
+        window_padding_sec=args.window_padding_sec,
     )
     recordings = load_manifest()
     load_processor(config)  # load the model once, outside the timing
@@ -67,7 +75,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(
         f"mode={args.mode} model={args.model} min_chunk={args.min_chunk_size} beam={args.beam_size} vad={args.vad} "
-        f"trim={args.buffer_trimming_sec}"
+        f"trim={args.buffer_trimming_sec} window_padding={args.window_padding_sec}"
     )
     print(
         f"files={len(recordings)} audio={audio_sec:.1f}s processing={busy:.1f}s "

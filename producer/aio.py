@@ -25,6 +25,7 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
+    check_open_status,
     is_repeat,
     same_entry,
     to_payload,
@@ -125,6 +126,10 @@ class AsyncProducer:
         status, announced = await self.retry(
             lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
+        check_open_status(sid, _text(status))
+        if _text(status) == "created":
+            # a new session under an id used before its retention ran out: no stale copy cursor
+            await self.retry(lambda: self.client.delete(self.keys.forward_cursor(sid)))
         if _text(status) == "exists" and _text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:

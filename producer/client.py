@@ -19,6 +19,7 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
+    check_open_status,
     is_repeat,
     same_entry,
     to_payload,
@@ -94,6 +95,10 @@ class Producer:
         status, announced = self.retry(
             lambda: self.scripts.call(self.client, "open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
+        check_open_status(sid, text(status))
+        if text(status) == "created":
+            # a new session under an id used before its retention ran out: no stale copy cursor
+            self.retry(lambda: self.client.delete(self.keys.forward_cursor(sid)))
         if text(status) == "exists" and text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:

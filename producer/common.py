@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.errors import SessionEndedError
 from worker.protocol.keys import check_session_id
 from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import BYTES_PER_SAMPLE, encode_pcm
@@ -139,3 +140,12 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster", action=argparse.BooleanOptionalAction, default=None, help="Redis Cluster (default: detect)"
     )
+
+
+def check_open_status(session_id: str, status: str) -> None:
+    """Refuse to reopen an ended session: its audio would never be processed."""
+    if status == "ended":
+        raise SessionEndedError(
+            f"session id {session_id!r} belongs to a session that already ended (kept for its retention); "
+            "open the new call under a new id"
+        )

@@ -12,27 +12,12 @@ import numpy as np
 import redis
 
 from benchmarks.corpus import Recording, load_manifest
+from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import Event, SegmentEvent, decode_event
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
-
-
-def synthetic_settings(url: str, **overrides: object) -> WorkerSettings:
-    """A fast worker with the deterministic synthetic backend (see tests/test_worker_basic.py)."""
-    base: dict[str, object] = dict(
-        redis_url=url,
-        asr={"backend": "synthetic", "model": "tones", "vad": False},
-        allowed_backends=["synthetic"],
-        allowed_models=["tones"],
-        lease_ttl_sec=2.0,
-        janitor_interval_sec=0.2,
-        poll_interval_sec=0.01,
-        metrics_port=0,
-    )
-    base.update(overrides)
-    return WorkerSettings.build(**base)
 
 
 def whisper_settings(url: str, **overrides: object) -> WorkerSettings:

@@ -256,3 +256,14 @@ def test_the_guides_asrbase_subclass_keeps_the_model_it_set_before_super_init():
     asr = MyCustomASR("tiny", "en")
     assert asr.model == "my-weights" and asr.original_language == "en"
     assert isinstance(registry.get_loader("faster-whisper"), ModelLoader)
+
+
+def test_the_encoder_window_depends_only_on_the_requests_own_length():
+    from worker.backends.faster_whisper_batch import FULL_WINDOW, encoder_window
+
+    assert encoder_window(100, 500) == 1000  # 1 s of audio + 5 s padding -> a 10 s window
+    assert encoder_window(500, 500) == 1000
+    assert encoder_window(501, 500) == 1500
+    assert encoder_window(2800, 500) == FULL_WINDOW  # never past Whisper's 30 s
+    assert encoder_window(100, None) == FULL_WINDOW  # None: faster-whisper's own padding
+    assert encoder_window(1, 0) == 500

@@ -7,28 +7,13 @@ import pytest
 import redis
 
 from producer.client import Producer
+from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words, expected_words, random_words
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import decode_event
 from worker.runtime.loop import Worker
-from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def synthetic_settings(url: str, **overrides: object) -> WorkerSettings:
-    base = dict(
-        redis_url=url,
-        asr={"backend": "synthetic", "model": "tones", "vad": False},
-        allowed_backends=["synthetic"],
-        allowed_models=["tones"],
-        lease_ttl_sec=2.0,
-        janitor_interval_sec=0.2,
-        poll_interval_sec=0.01,
-        metrics_port=0,
-    )
-    base.update(overrides)
-    return WorkerSettings.build(**base)
 
 
 def session_events(url: str, sid: str) -> list:

@@ -43,5 +43,9 @@ class SnapshotError(StreamscribeError):
     """A processor snapshot is malformed or was taken by an incompatible version."""
 
 
+class SessionEndedError(StreamscribeError):
+    """A session id was opened again after its session ended (its keys are kept for retention)."""
+
+
 class FencedError(StreamscribeError):
     """This worker's lease on a session was taken over; its writes are refused."""

@@ -43,9 +43,6 @@ class WorkerSettings(BaseSettings):
     retention_sec: float = Field(86400.0, gt=0, description="Keep an ended session's keys this long")
     max_chunk_bytes: int = Field(262144, ge=1024, description="Larger audio chunks are rejected")
     max_channels: int = Field(2, ge=1, le=8, description="Channels per session")
-    catchup_threshold_sec: float = Field(
-        10.0, gt=0, description="With more unprocessed audio than this, skip iterations to catch up"
-    )
     read_count: int = Field(500, ge=1, description="Input entries read per session per round trip")
     events_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of each shard's events stream")
     allowed_backends: Annotated[list[str], NoDecode] = Field(

@@ -33,6 +33,12 @@ class ASRConfig(BaseModel):
     batch_encoder: bool | None = Field(
         None, description="Batch the encoder over sessions; None: on a GPU yes, on the CPU no"
     )
+    window_padding_sec: float | None = Field(
+        5.0,
+        ge=0,
+        le=30,
+        description="Silence after the buffer in the encoder window (5 s steps); None: Whisper's full 30 s",
+    )
     no_speech_threshold: float = Field(0.6, ge=0, le=1, description="Drop segments above this")
     input_sample_rate: int = Field(
         16000, ge=8000, le=192000, description="Rate of the audio given to the processor; resampled to 16 kHz"

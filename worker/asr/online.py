@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
 from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
 from worker.asr.hypothesis import HypothesisBuffer
 from worker.errors import SnapshotError
+
+if TYPE_CHECKING:
+    from worker.asr.config import ASRConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,18 @@ class OnlineASRProcessor:
         self.vac = vac
         self.max_buffer_sec = min(float(max_buffer_sec), MAX_BUFFER_SEC)
         self.init()
+
+    @classmethod
+    def from_config(cls, asr: ASRBase, config: ASRConfig, *, vad: bool | None = None) -> OnlineASRProcessor:
+        """The processor a built-in loader wraps around ``asr`` for ``config``."""
+        return cls(
+            asr,
+            buffer_trimming=(config.buffer_trimming, config.buffer_trimming_sec),
+            min_chunk_sec=config.min_chunk_size,
+            sample_rate=config.input_sample_rate,
+            vad=config.vad if vad is None else vad,
+            vac=config.vac,
+        )
 
     # -- the guide's contract ----------------------------------------------------------------
 

@@ -77,9 +77,11 @@ class FasterWhisperASR(ASRBase):
         beam_size: int = 1,
         no_speech_threshold: float = 0.6,
         batch_encoder: bool | None = None,
+        window_padding_sec: float | None = 5.0,
         **kwargs: Any,
     ) -> None:
         self._batch_encoder = batch_encoder
+        self.padding_frames = None if window_padding_sec is None else round(window_padding_sec * 100)
         self.device = device
         self.compute_type = compute_type
         self.beam_size = beam_size
@@ -110,27 +112,34 @@ class FasterWhisperASR(ASRBase):
             **self.transcribe_kargs,
         }
 
+    def _windowed(self) -> bool:
+        """Our own encoder pass applies: a set language and no faster-whisper VAD cutting."""
+        return self.original_language is not None and not self.transcribe_kargs.get("vad_filter")
+
     def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[Any]:
-        segments, _info = self.model.transcribe(audio, **self._options(init_prompt))
-        return list(segments)
+        if not self._windowed():
+            segments, _info = self.model.transcribe(audio, **self._options(init_prompt))
+            return list(segments)
+        return self.transcribe_batch([(audio, init_prompt)])[0]
 
     def transcribe_batch(self, items: Sequence[tuple[np.ndarray, str]]) -> list[Any]:
-        """One encoder pass for every request (see ``faster_whisper_batch``).
+        """The requests with fitted encoder windows; on a GPU, one encoder call per window size.
 
-        Falls back to one call per request when batching cannot apply: a single request, language
-        detection (``lan=auto``), or faster-whisper's own VAD filter, which cuts the audio first;
-        and on the CPU by default, where a batched encoder measured no faster (docs/benchmarks.md).
+        Falls back to faster-whisper's own transcribe, one request at a time, for language
+        detection (``lan=auto``) and for faster-whisper's VAD filter, which cut the audio first.
+        On the CPU, a batched encoder measured no faster (docs/benchmarks.md), so by default each
+        request is encoded alone there.
         """
-        if (
-            len(items) < 2
-            or not self.batch_encoder
-            or self.original_language is None
-            or self.transcribe_kargs.get("vad_filter")
-        ):
+        if not self._windowed():
             return super().transcribe_batch(items)
-        from worker.backends.faster_whisper_batch import transcribe_batched
+        from worker.backends.faster_whisper_batch import transcribe_windowed
 
-        return transcribe_batched(self.model, [(audio, self._options(prompt)) for audio, prompt in items])
+        return transcribe_windowed(
+            self.model,
+            [(audio, self._options(prompt)) for audio, prompt in items],
+            padding_frames=self.padding_frames,
+            batch=self.batch_encoder,
+        )
 
     def ts_words(self, result: list[Any]) -> list[Word]:
         words: list[Word] = []
@@ -162,15 +171,9 @@ class FasterWhisperLoader:
             beam_size=config.beam_size,
             no_speech_threshold=config.no_speech_threshold,
             batch_encoder=config.batch_encoder,
+            window_padding_sec=config.window_padding_sec,
         )
         if config.task == "translate":
             asr.set_translate_task()
-        processor = OnlineASRProcessor(
-            asr,
-            buffer_trimming=(config.buffer_trimming, config.buffer_trimming_sec),
-            min_chunk_sec=config.min_chunk_size,
-            sample_rate=config.input_sample_rate,
-            vad=config.vad,
-            vac=config.vac,
-        )
+        processor = OnlineASRProcessor.from_config(asr, config)
         return processor, {"separator": asr.sep, "sample_rate": config.input_sample_rate, "backend": "faster-whisper"}

@@ -262,12 +262,5 @@ class SyntheticLoader:
     def load(self, config: ASRConfig, *, sample_rate: int | None = None) -> tuple[ASRProcessor, dict[str, Any]]:
         rate = int(sample_rate or config.input_sample_rate)
         asr = SyntheticASR(config.lan, grid_rate=rate)
-        processor = OnlineASRProcessor(
-            asr,
-            buffer_trimming=(config.buffer_trimming, config.buffer_trimming_sec),
-            min_chunk_sec=config.min_chunk_size,
-            sample_rate=rate,
-            vad=False,
-            vac=config.vac,
-        )
+        processor = OnlineASRProcessor.from_config(asr, config.replace(input_sample_rate=rate), vad=False)
         return processor, {"separator": asr.sep, "sample_rate": rate, "backend": "synthetic"}

@@ -65,14 +65,7 @@ class WhisperTimestampedLoader:
         asr = WhisperTimestampedASR(config.lan, config.model, config.cache_dir, config.model_dir)
         if config.task == "translate":
             asr.set_translate_task()
-        processor = OnlineASRProcessor(
-            asr,
-            buffer_trimming=(config.buffer_trimming, config.buffer_trimming_sec),
-            min_chunk_sec=config.min_chunk_size,
-            sample_rate=config.input_sample_rate,
-            vad=config.vad,
-            vac=config.vac,
-        )
+        processor = OnlineASRProcessor.from_config(asr, config)
         return processor, {
             "separator": asr.sep,
             "sample_rate": config.input_sample_rate,

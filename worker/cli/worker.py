@@ -26,6 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-timeout-sec", type=float)
     p.add_argument("--retention-sec", type=float)
     p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None, help="default: detect")
+    p.add_argument("--allowed-backends", help="comma-separated backends sessions may ask for")
+    p.add_argument("--allowed-models", help="comma-separated models sessions may ask for")
+    asr = p.add_argument_group("ASR defaults (STREAMSCRIBE_ASR__*)")
+    asr.add_argument("--backend", help="default faster-whisper")
+    asr.add_argument("--model", help="default base")
+    asr.add_argument("--language", help="default en; auto detects")
+    asr.add_argument("--device", help="auto, cpu or cuda[:N]")
+    asr.add_argument("--compute-type", help="auto, int8, float16, int8_float16, ...")
+    asr.add_argument("--min-chunk-size", type=float, help="seconds of new audio per iteration (default 2.0)")
+    asr.add_argument("--beam-size", type=int, help="default 1 (greedy)")
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -43,13 +53,29 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "stall_timeout_sec",
         "retention_sec",
         "cluster",
+        "allowed_backends",
+        "allowed_models",
     )
-    return WorkerSettings.build(**{n: getattr(args, n) for n in names})
+    settings = WorkerSettings.build(**{n: getattr(args, n) for n in names})
+    asr_flags = {
+        "backend": args.backend,
+        "model": args.model,
+        "lan": args.language,
+        "device": args.device,
+        "compute_type": args.compute_type,
+        "min_chunk_size": args.min_chunk_size,
+        "beam_size": args.beam_size,
+    }
+    changes = {k: v for k, v in asr_flags.items() if v is not None}
+    if not changes:
+        return settings
+    return settings.model_copy(update={"asr": settings.asr.replace(**changes)})
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    if args.log_level is None:  # an explicit --log-level wins over the setting
+        logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     observer = PrometheusObserver()
     worker = Worker(settings, observer=observer)
     metrics = MetricsServer(observer.registry, worker.health.alive, settings.metrics_host, settings.metrics_port)

@@ -87,9 +87,14 @@ class Keyspace:
     def dead_letters(self, shard: int) -> str:
         return self._global("dlq", shard)
 
-    def forward_cursors(self, shard: int) -> str:
-        """Hash: session id -> last output seq copied to this shard's events/dlq streams."""
-        return self._global("fwd", shard)
+    def forward_cursor(self, sid: str) -> str:
+        """String: the last record seq of ``sid`` copied to its shard's events/dlq streams.
+
+        One key per session in the shard's slot, expiring twice the retention after its last copy,
+        so cursors never pile up; a producer deletes it when it creates a session under an id
+        used before, so that session's copy starts from zero.
+        """
+        return f"{self._global('fwd', self.shard_of(sid))}:{sid}"
 
     def all_shards(self) -> range:
         return range(self.shards)

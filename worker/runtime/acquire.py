@@ -13,6 +13,7 @@ from worker.protocol.keys import Keyspace
 from worker.protocol.messages import SessionOpen
 from worker.protocol.scripts import Scripts
 from worker.runtime import inputs
+from worker.runtime.checkpoint import Checkpoint
 from worker.runtime.connection import text
 from worker.runtime.session import LiveSession, SessionLease
 from worker.settings import WorkerSettings
@@ -71,6 +72,10 @@ class SessionFactory:
             if not open_blob:
                 raise DecodeError("the session has no open message")
             opened = SessionOpen.decode(open_blob)
+            if opened.session_id != lease.session_id:
+                raise DecodeError(
+                    f"the open message names session {opened.session_id!r}, stored under {lease.session_id!r}"
+                )
         except DecodeError as e:
             fallback = SessionOpen(session_id=lease.session_id)
             return self._refused(lease, fallback, inputs.BAD_SESSION, f"invalid session open message: {e}", raw)
@@ -139,10 +144,7 @@ class SessionFactory:
 
     def _retained_input(self, sid: str, checkpoint: bytes) -> list[tuple[Any, dict[Any, Any]]]:
         """The input entries from the checkpoint's trim point through its position."""
-        import msgpack
-
-        state = msgpack.unpackb(checkpoint, raw=False)
-        trim, in_pos = state.get("trim"), state.get("in_pos")
-        if not trim or not in_pos:
+        state = Checkpoint.decode(checkpoint)
+        if state.trim is None:
             return []
-        return self.client.xrange(self.keys.session_input(sid), trim[0], in_pos)
+        return self.client.xrange(self.keys.session_input(sid), state.trim[0], state.in_pos)

@@ -102,8 +102,8 @@ class Committer:
                 self.behind.discard(sid)
                 continue
             shard = self.keys.shard_of(sid)
-            keys = [self.keys.events(shard), self.keys.dead_letters(shard), self.keys.forward_cursors(shard)]
-            args: list[Any] = [sid, self.events_maxlen, len(records)]
+            keys = [self.keys.events(shard), self.keys.dead_letters(shard), self.keys.forward_cursor(sid)]
+            args: list[Any] = [sid, self.events_maxlen, 2 * self.retention_ms, len(records)]
             for seq, r in records:
                 args += [seq, r.kind, r.type, r.payload]
             calls.append((keys, args))
@@ -119,8 +119,7 @@ class Committer:
 
     def pending_records(self, sid: str) -> list[tuple[int, Record]]:
         """Committed records of ``sid`` not yet copied to its shard (after a crash in between)."""
-        shard = self.keys.shard_of(sid)
-        cursor = int(self.client.hget(self.keys.forward_cursors(shard), sid) or 0)
+        cursor = int(self.client.get(self.keys.forward_cursor(sid)) or 0)
         found: list[tuple[int, Record]] = []
         for key, kind in ((self.keys.session_output(sid), "e"), (self.keys.session_dead_letters(sid), "d")):
             last = "+"

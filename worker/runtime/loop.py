@@ -13,8 +13,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from worker.errors import ConfigError
 from worker.metrics import LoopHeartbeat, WorkerObserver
-from worker.protocol.keys import Keyspace
+from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
 from worker.runtime.committer import FENCED, OK, Committer
@@ -165,6 +166,12 @@ class Worker:
         if sid in self.sessions:
             # our own session came back to us (a stale duplicate); keep the one we run
             return
+        try:
+            check_session_id(sid)
+        except ConfigError as e:
+            log.warning("announcement %s names no usable session (%s); acknowledging it", entry_id, e)
+            self.leases.finish(shard, entry_id)
+            return
         outcome = self.factory.acquire(shard, entry_id, sid, int(time.time() * 1000))
         if outcome.status in ("ended", "missing", "duplicate"):
             if outcome.status == "ended":
@@ -196,11 +203,15 @@ class Worker:
             return
         pipe = self.client.pipeline(transaction=False)
         for s in active:
-            pipe.xrange(self.keys.session_input(s.session_id), f"({s.last_read_id}", "+", count=limit - len(s.queue))
-        for s, entries in zip(active, pipe.execute(), strict=True):
+            key = self.keys.session_input(s.session_id)
+            pipe.xrange(key, f"({s.last_read_id}", "+", count=limit - len(s.queue))
+            pipe.xlen(key)  # for the backlog still in Redis
+        replies = pipe.execute()
+        for s, entries, length in zip(active, replies[0::2], replies[1::2], strict=True):
             if entries:
                 chunks, audio_sec = s.take_entries(entries)
                 self.observer.chunks_received(chunks, audio_sec)
+            s.note_input_length(int(length))
 
     def _transcribe(self, calls: list[PlannedCall]) -> None:
         """One backend call per group of sessions that share a model and decoding options."""
@@ -213,16 +224,24 @@ class Worker:
             started = time.perf_counter()
             try:
                 results = asr.transcribe_batch([(c.request.audio, c.request.init_prompt) for c in group])
-            except Exception as e:
-                log.exception("transcribe_batch failed for %d session(s)", len(group))
-                for c in group:
-                    c.session.fail("backend_error", f"the ASR backend failed: {e}")
-                continue
+            except Exception:
+                log.exception("transcribe_batch failed for %d session(s); trying each alone", len(group))
+                results = [self._transcribe_alone(c) for c in group]
             elapsed = time.perf_counter() - started
             new_audio = sum(c.session.stats.audio_sec for c in {id(c.session): c for c in group}.values())
             self.observer.batch_done(len(group), elapsed, new_audio or audio_sec)
             for call, result in zip(group, results, strict=True):
-                call.session.complete_call(call, result)
+                if result is not _FAILED:
+                    call.session.complete_call(call, result)
+
+    def _transcribe_alone(self, call: PlannedCall) -> Any:
+        """One request on its own, so that one bad input cannot end every session of a batch."""
+        try:
+            return call.processor.asr.transcribe(call.request.audio, init_prompt=call.request.init_prompt)
+        except Exception as e:
+            log.exception("session %s: transcribe failed", call.session.session_id)
+            call.session.fail("backend_error", f"the ASR backend failed: {e}")
+            return _FAILED
 
     def _commit(self, sessions: list[LiveSession]) -> int:
         if not sessions:
@@ -254,7 +273,7 @@ class Worker:
                 else:
                     self.leases.finish(s.lease.shard, s.lease.entry_id)
                 self.sessions.pop(s.session_id, None)
-                self.observer.session_ended(s.ended_reason or "completed")
+                self.observer.session_ended(_reason_label(s.ended_reason))
                 log.info("session %s ended (%s)", s.session_id, s.ended_reason)
         return len(outcomes)
 
@@ -273,6 +292,16 @@ class Worker:
     def _on_lost(self, lost: list[tuple[int, str]]) -> None:
         with self._lost_lock:
             self._lost.update(lost)
+
+
+_FAILED = object()
+#: ``session_ended`` reasons counted by name; a producer's free-text end reason counts as "other".
+_REASON_LABELS = frozenset({"completed", "stalled", "error"})
+
+
+def _reason_label(reason: str | None) -> str:
+    reason = reason or "completed"
+    return reason if reason in _REASON_LABELS else "other"
 
 
 def _batch_key(call: PlannedCall) -> tuple[Any, ...]:

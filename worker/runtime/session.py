@@ -23,7 +23,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from worker.asr.audio import resample
@@ -39,10 +38,9 @@ from worker.protocol.messages import (
     SessionStarted,
 )
 from worker.runtime import inputs
+from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,6 @@ class Record:
 
 
 @dataclass
-class FedEntry:
-    entry_id: str
-    start_frame: int
-
-
-@dataclass
 class PlannedCall:
     """A transcribe call of one channel, to be batched with others."""
 
@@ -78,22 +70,6 @@ class PlannedCall:
     channel: int
     processor: BatchableProcessor
     request: TranscribeRequest
-
-
-@dataclass
-class Totals:
-    audio_sec: float = 0.0
-    segments: int = 0
-    words: int = 0
-    errors: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "audio_sec": round(self.audio_sec, 3),
-            "segments": self.segments,
-            "words": self.words,
-            "errors": self.errors,
-        }
 
 
 @dataclass(frozen=True)
@@ -149,6 +125,8 @@ class LiveSession:
         self.stats = IterationStats()
         self._pending_fatal: Fatal | None = None
         self.end_reason = "completed"
+        self._unread_entries = 0
+        self._chunk_frames = 0
 
     @property
     def session_id(self) -> str:
@@ -159,8 +137,13 @@ class LiveSession:
         return self.ended_reason is not None
 
     def backlog_sec(self) -> float:
+        """Audio received but not processed: queued here, plus entries still unread in Redis."""
         queued = sum(e.frames for e in self.queue)
-        return queued / self.opened.sample_rate
+        return (queued + self._unread_entries * self._chunk_frames) / self.opened.sample_rate
+
+    def note_input_length(self, length: int) -> None:
+        """The input stream's XLEN: it holds the entries since the trim point (all fed, or queued)."""
+        self._unread_entries = max(0, length - len(self.fed) - len(self.queue))
 
     # -- step 1: input ---------------------------------------------------------------------
 
@@ -175,6 +158,7 @@ class LiveSession:
             if entry.audio is not None:
                 chunks += 1
                 frames += entry.frames
+                self._chunk_frames = entry.frames
         if entries:
             self.last_input_at = time.monotonic()
         return chunks, frames / self.opened.sample_rate
@@ -373,32 +357,18 @@ class LiveSession:
     def checkpoint(self) -> tuple[bytes, str]:
         """(checkpoint blob, XTRIM MINID of input) for the commit script."""
         snapshots = [p.snapshot() for p in self.processors]
-        trim_id, trim_frame = self._trim_point(snapshots)
-        blob = msgpack.packb(
-            {
-                "v": CHECKPOINT_VERSION,
-                "in_pos": self.in_pos,
-                "expected_seq": self.seqs.expected,
-                "unnumbered": self.seqs.unnumbered,
-                "frames_fed": self.frames_fed,
-                "trim": [trim_id, trim_frame] if trim_id else None,
-                "channels": snapshots,
-                "totals": self.totals.as_dict(),
-                "started": self.started,
-            },
-            use_bin_type=True,
+        trim = trim_point(self.fed, snapshots, self.opened.sample_rate, self.processor_rate)
+        state = Checkpoint(
+            in_pos=self.in_pos,
+            expected_seq=self.seqs.expected,
+            unnumbered=self.seqs.unnumbered,
+            frames_fed=self.frames_fed,
+            trim=trim,
+            channels=snapshots,
+            totals=self.totals,
+            started=self.started,
         )
-        return blob, trim_id or ""
-
-    def _trim_point(self, snapshots: list[dict[str, Any]]) -> tuple[str | None, int]:
-        """The first input entry the processors still need (drop ``fed`` entries before it)."""
-        starts = [s.get("buffer_start") for s in snapshots]
-        if not self.fed or any(not isinstance(s, int) for s in starts):
-            return (self.fed[0].entry_id, self.fed[0].start_frame) if self.fed else (None, 0)
-        needed = min(starts) * self.opened.sample_rate // self.processor_rate
-        while len(self.fed) > 1 and self.fed[1].start_frame <= needed:
-            self.fed.popleft()
-        return self.fed[0].entry_id, self.fed[0].start_frame
+        return state.encode(), trim[0] if trim else ""
 
     def committed(self, next_out_seq: int) -> None:
         self.out_seq = next_out_seq
@@ -409,30 +379,20 @@ class LiveSession:
 
     def restore(self, blob: bytes, out_seq: int, retained: list[tuple[Any, dict[Any, Any]]]) -> None:
         """Load a checkpoint and rebuild the processors' audio from the retained input entries."""
-        snapshots, trim = self._load_checkpoint(blob)
-        self.out_seq = out_seq
-        if trim is not None:
-            self._rebuild_audio(snapshots, int(trim[1]), retained)
-
-    def _load_checkpoint(self, blob: bytes) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        state = Checkpoint.decode(blob)
+        self.in_pos = self.last_read_id = state.in_pos
+        self.seqs = inputs.SeqTracker(state.expected_seq, state.unnumbered)
+        self.frames_fed = state.frames_fed
+        self.started = state.started
+        self.totals = state.totals
         try:
-            state = msgpack.unpackb(blob, raw=False)
-            if state.get("v") != CHECKPOINT_VERSION:
-                raise SnapshotError(f"checkpoint version {state.get('v')!r} is not {CHECKPOINT_VERSION}")
-            self.in_pos = self.last_read_id = state["in_pos"]
-            self.seqs = inputs.SeqTracker(int(state["expected_seq"]), int(state.get("unnumbered", 0)))
-            self.frames_fed = int(state["frames_fed"])
-            self.started = bool(state["started"])
-            t = state["totals"]
-            self.totals = Totals(float(t["audio_sec"]), int(t["segments"]), int(t["words"]), int(t["errors"]))
-            snapshots = state["channels"]
-            for proc, snap in zip(self.processors, snapshots, strict=True):
+            for proc, snap in zip(self.processors, state.channels, strict=True):
                 proc.restore(snap)
-            return snapshots, state["trim"]
-        except SnapshotError:
-            raise
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
-            raise SnapshotError(f"malformed checkpoint: {e!r}") from e
+        except ValueError as e:
+            raise SnapshotError(f"checkpoint has {len(state.channels)} channel(s): {e}") from e
+        self.out_seq = out_seq
+        if state.trim is not None:
+            self._rebuild_audio(state.channels, state.trim[1], retained)
 
     def _rebuild_audio(
         self, snapshots: list[dict[str, Any]], frame: int, retained: list[tuple[Any, dict[Any, Any]]]

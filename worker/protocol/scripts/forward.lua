@@ -3,10 +3,11 @@
 --
 -- KEYS[1]  P:events:{g<k>}  all sessions' events of shard k
 -- KEYS[2]  P:dlq:{g<k>}     all sessions' dead letters of shard k
--- KEYS[3]  P:fwd:{g<k>}     hash: session id -> last record seq copied
+-- KEYS[3]  P:fwd:{g<k>}:<sid>  the session's cursor: last record seq copied
 -- ARGV[1]  session id
 -- ARGV[2]  approximate MAXLEN of the shard streams
--- ARGV[3]  n; then n quadruples in seq order: seq, kind ("e" or "d"), type, payload
+-- ARGV[3]  cursor expiry in milliseconds (twice the retention: it must outlive the session's keys)
+-- ARGV[4]  n; then n quadruples in seq order: seq, kind ("e" or "d"), type, payload
 --
 -- The session's commit and this copy live in different slots, so they cannot be one step; the
 -- cursor makes the copy idempotent, and a new owner re-runs it for records after the cursor.
@@ -14,15 +15,15 @@
 -- start past a gap, and moving the cursor over it would lose the missing records for good. The
 -- caller compares the returned cursor with its last seq and re-reads what is missing.
 -- Returns the cursor after the copy.
-local cursor = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-local n = tonumber(ARGV[3])
+local cursor = tonumber(redis.call('GET', KEYS[3]) or '0')
+local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
-  local seq = tonumber(ARGV[4 + 4 * i])
+  local seq = tonumber(ARGV[5 + 4 * i])
   if seq > cursor + 1 then
     break
   end
   if seq == cursor + 1 then
-    local kind, rtype, payload = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+    local kind, rtype, payload = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i]
     local target = KEYS[1]
     if kind ~= 'e' then target = KEYS[2] end
     redis.call('XADD', target, 'MAXLEN', '~', ARGV[2], '*',
@@ -30,5 +31,5 @@ for i = 0, n - 1 do
     cursor = seq
   end
 end
-redis.call('HSET', KEYS[3], ARGV[1], cursor)
+redis.call('SET', KEYS[3], cursor, 'PX', ARGV[3])
 return cursor

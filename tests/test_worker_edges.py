@@ -1,0 +1,138 @@
+"""Edges of the worker: id reuse, a backend failing one request, the backlog, cursor expiry."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from producer.client import Producer
+from tests.worker_helpers import KEYS, client_for, session_events, synthetic_settings, words_of, write_session
+from worker.backends.synthetic import SyntheticASR, encode_words, random_words
+from worker.errors import SessionEndedError
+from worker.metrics import PrometheusObserver
+from worker.protocol.messages import SessionOpen
+from worker.runtime.loop import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def metric(observer: PrometheusObserver, name: str, **labels: str) -> float:
+    value = observer.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_reopening_an_ended_session_id_is_refused_with_a_clear_error(redis_url):
+    write_session(redis_url, "call-once", encode_words(random_words(6, seed=1)))
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    with pytest.raises(SessionEndedError, match="new id"):
+        Producer(redis_url).open("call-once")
+
+
+def test_the_forward_cursor_is_a_key_that_expires_with_the_session(redis_url):
+    write_session(redis_url, "call-cursor", encode_words(random_words(6, seed=2)))
+    Worker(synthetic_settings(redis_url, retention_sec=600)).run(burst=True)
+    client = client_for(redis_url)
+    cursor_key = KEYS.forward_cursor("call-cursor")
+    events = session_events(client, "call-cursor")
+    assert int(client.get(cursor_key)) == events[-1].seq
+    assert 600_000 < client.pttl(cursor_key) <= 1_200_000
+    assert client.pttl(KEYS.session_state("call-cursor")) <= 600_000
+
+
+def test_a_backend_failing_one_request_of_a_batch_ends_only_that_session(redis_url, monkeypatch):
+    poison = 0.123  # a sample value only the poisoned session carries
+
+    def transcribe_batch(self, items):
+        if any(np.isclose(audio, poison, atol=1e-4).any() for audio, _prompt in items):
+            raise RuntimeError("the batch holds an input the backend cannot take")
+        return [self.transcribe(audio, prompt) for audio, prompt in items]
+
+    original = SyntheticASR.transcribe
+
+    def transcribe(self, audio, init_prompt=""):
+        if np.isclose(audio, poison, atol=1e-4).any():
+            raise RuntimeError("cannot transcribe this input")
+        return original(self, audio, init_prompt)
+
+    monkeypatch.setattr(SyntheticASR, "transcribe_batch", transcribe_batch)
+    monkeypatch.setattr(SyntheticASR, "transcribe", transcribe)
+    words = random_words(12, seed=3)
+    healthy = encode_words(words)
+    poisoned = healthy.copy()
+    poisoned[16000:16100] = poison
+    write_session(redis_url, "call-healthy", healthy)
+    write_session(redis_url, "call-poisoned", poisoned)
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    client = client_for(redis_url)
+    good = session_events(client, "call-healthy")
+    assert [w[2] for w in words_of(good)] == words and good[-1].reason == "completed"
+    bad = session_events(client, "call-poisoned")
+    assert bad[-1].TYPE == "session_ended" and bad[-1].reason == "error"
+    assert any(e.TYPE == "error" and e.code == "backend_error" and e.fatal for e in bad)
+
+
+def test_an_open_message_stored_under_another_session_id_is_refused(redis_url):
+    client = client_for(redis_url)
+    forged = SessionOpen("someone-else").encode()
+    client.hset(KEYS.session_state("call-forged"), mapping={"open": forged, "status": "open", "epoch": 0, "out_seq": 0})
+    client.xadd(KEYS.announcements(KEYS.shard_of("call-forged")), {"session": "call-forged"})
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    events = session_events(client, "call-forged")
+    assert [e.TYPE for e in events] == ["session_started", "error", "session_ended"]
+    assert events[1].code == "bad_session" and "someone-else" in events[1].message
+
+
+def test_an_announcement_with_an_unusable_session_id_is_acknowledged_and_skipped(redis_url):
+    client = client_for(redis_url)
+    stream = KEYS.announcements(0)
+    client.xadd(stream, {"session": "bad id {with} braces"})
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    assert client.xlen(stream) == 0
+
+
+def test_the_backlog_gauge_counts_audio_still_unread_in_redis(redis_url):
+    audio = encode_words(random_words(150, seed=4))  # about a minute
+    write_session(redis_url, "call-backlog", audio, chunk_frames=1600)
+    observer = PrometheusObserver()
+    worker = Worker(synthetic_settings(redis_url, read_count=20), observer=observer)
+    worker.start()
+    try:
+        worker.run_iteration()  # takes the session
+        worker.run_iteration()  # reads 20 entries (2 s), processes one point
+        backlog = metric(observer, "streamscribe_backlog_audio_seconds")
+        total = audio.shape[0] / 16000
+        assert total - 6 < backlog <= total
+    finally:
+        worker.stop()
+        worker.shutdown()
+
+
+def test_a_free_text_end_reason_is_counted_as_other(redis_url):
+    writer = Producer(redis_url).open("call-reason")
+    writer.send(encode_words(random_words(4, seed=5)))
+    writer.close(reason="agent hung up after 3 minutes")
+    observer = PrometheusObserver()
+    Worker(synthetic_settings(redis_url), observer=observer).run(burst=True)
+    assert metric(observer, "streamscribe_sessions_ended_total", reason="other") == 1
+    events = session_events(client_for(redis_url), "call-reason")
+    assert events[-1].reason == "agent hung up after 3 minutes"
+    assert msgpack.unpackb(client_for(redis_url).hget(KEYS.session_state("call-reason"), "checkpoint"))
+
+
+def test_an_id_reused_after_its_retention_is_copied_to_the_shard_stream_from_the_start(redis_url):
+    client = client_for(redis_url)
+    write_session(redis_url, "call-again", encode_words(random_words(6, seed=6)))
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    first = session_events(client, "call-again")
+    for key in KEYS.session_keys("call-again"):
+        client.delete(key)  # as if the retention ran out; the cursor key outlives it
+    assert client.exists(KEYS.forward_cursor("call-again"))
+    words = random_words(3, seed=7)
+    write_session(redis_url, "call-again", encode_words(words))
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    second = session_events(client, "call-again")
+    shard = client.xrange(KEYS.events(KEYS.shard_of("call-again")))
+    copied = [int(f[b"seq"]) for _id, f in shard]
+    assert copied == [e.seq for e in first] + [e.seq for e in second]
+    assert [w[2] for w in words_of(second)] == words
