@@ -93,23 +93,13 @@ class TranscriptConsumer:
         ``session_ended``) after that many seconds with no event.
         """
         key = self.keys.session_output(check_session_id(session_id))
-        streams = {key: "0-0"}
-        deadline = _deadline(idle_timeout)
-        while True:
-            replies = self._xread(streams, self._block(deadline))
-            if not replies:
-                if _expired(deadline):
-                    return
+        for _key, entry_id, fields in self._entries({key: "0-0"}, idle_timeout):
+            event = _decode(fields, entry_id)
+            if event is None:
                 continue
-            deadline = _deadline(idle_timeout)
-            for _key, entry_id, fields in replies:
-                streams[key] = entry_id
-                event = _decode(fields, entry_id)
-                if event is None:
-                    continue
-                yield event
-                if isinstance(event, SessionEnded):
-                    return
+            yield event
+            if isinstance(event, SessionEnded):
+                return
 
     # -- every session ---------------------------------------------------------------------
 
@@ -137,6 +127,13 @@ class TranscriptConsumer:
 
     def _follow(self, streams: Streams, idle_timeout: float | None) -> Iterator[Delivery]:
         shard_of = {self.keys.events(k): k for k in self.keys.all_shards()}
+        for key, entry_id, fields in self._entries(streams, idle_timeout):
+            delivery = _delivery(shard_of[key], entry_id, fields)
+            if delivery is not None:
+                yield delivery
+
+    def _entries(self, streams: Streams, idle_timeout: float | None) -> Iterator[tuple[str, str, dict[bytes, bytes]]]:
+        """Follow ``streams`` (key -> last id seen, advanced here) until ``idle_timeout`` passes quietly."""
         deadline = _deadline(idle_timeout)
         while True:
             replies = self._xread(streams, self._block(deadline))
@@ -147,9 +144,7 @@ class TranscriptConsumer:
             deadline = _deadline(idle_timeout)
             for key, entry_id, fields in replies:
                 streams[key] = entry_id
-                delivery = _delivery(shard_of[key], entry_id, fields)
-                if delivery is not None:
-                    yield delivery
+                yield key, entry_id, fields
 
     # -- consumer group --------------------------------------------------------------------
 
