@@ -11,7 +11,6 @@ from tests.worker_helpers import KEYS, client_for, session_events, synthetic_set
 from worker.backends.synthetic import SyntheticASR, encode_words, random_words
 from worker.errors import SessionEndedError
 from worker.metrics import PrometheusObserver
-from worker.protocol.messages import SessionOpen
 from worker.runtime.loop import Worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,17 +69,6 @@ def test_a_backend_failing_one_request_of_a_batch_ends_only_that_session(redis_u
     bad = session_events(client, "call-poisoned")
     assert bad[-1].TYPE == "session_ended" and bad[-1].reason == "error"
     assert any(e.TYPE == "error" and e.code == "backend_error" and e.fatal for e in bad)
-
-
-def test_an_open_message_stored_under_another_session_id_is_refused(redis_url):
-    client = client_for(redis_url)
-    forged = SessionOpen("someone-else").encode()
-    client.hset(KEYS.session_state("call-forged"), mapping={"open": forged, "status": "open", "epoch": 0, "out_seq": 0})
-    client.xadd(KEYS.announcements(KEYS.shard_of("call-forged")), {"session": "call-forged"})
-    Worker(synthetic_settings(redis_url)).run(burst=True)
-    events = session_events(client, "call-forged")
-    assert [e.TYPE for e in events] == ["session_started", "error", "session_ended"]
-    assert events[1].code == "bad_session" and "someone-else" in events[1].message
 
 
 def test_an_announcement_with_an_unusable_session_id_is_acknowledged_and_skipped(redis_url):

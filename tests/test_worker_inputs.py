@@ -177,15 +177,19 @@ def test_bad_chunks_are_reported_dead_lettered_and_counted_while_the_audio_aroun
 
 def test_unusable_session_opens_end_with_a_clear_error_and_never_hurt_other_sessions(redis_url):
     client = client_for(redis_url)
-    good = SessionOpen("x").to_dict()
+
+    def good(sid: str) -> dict:
+        return SessionOpen(sid).to_dict()
+
     opens = {
         "open-garbage": (b"\x93not a map", "bad_session"),
-        "open-version": (packed(**{**good, "v": 2}), "bad_session"),
-        "open-types": (packed(**{**good, "sample_rate": "16000"}), "bad_session"),
-        "open-options": (packed(**{**good, "asr": {"min_chunk_size": -1}}), "bad_session"),
-        "open-backend": (packed(**{**good, "asr": {"backend": "faster-whisper"}}), "not_allowed"),
-        "open-model": (packed(**{**good, "asr": {"model": "large-v3"}}), "not_allowed"),
-        "open-channels": (packed(**{**good, "channels": 4}), "not_allowed"),
+        "open-version": (packed(**{**good("open-version"), "v": 2}), "bad_session"),
+        "open-types": (packed(**{**good("open-types"), "sample_rate": "16000"}), "bad_session"),
+        "open-options": (packed(**{**good("open-options"), "asr": {"min_chunk_size": -1}}), "bad_session"),
+        "open-forged": (packed(**good("someone-else")), "bad_session"),
+        "open-backend": (packed(**{**good("open-backend"), "asr": {"backend": "faster-whisper"}}), "not_allowed"),
+        "open-model": (packed(**{**good("open-model"), "asr": {"model": "large-v3"}}), "not_allowed"),
+        "open-channels": (packed(**{**good("open-channels"), "channels": 4}), "not_allowed"),
     }
     for sid, (blob, _reason) in opens.items():
         announce_raw_open(client, sid, blob)
@@ -203,7 +207,8 @@ def test_unusable_session_opens_end_with_a_clear_error_and_never_hurt_other_sess
         assert events[-1].reason == "error" and events[1].message, sid
         assert dead_letter_reasons(client, sid) == ([reason], [reason]), sid
         assert client.pttl(KEYS.session_state(sid)) > 0, sid
-    assert rejected(observer, "bad_session") == 4 and rejected(observer, "not_allowed") == 3
+    assert rejected(observer, "bad_session") == 5 and rejected(observer, "not_allowed") == 3
+    assert "someone-else" in session_events(client, "open-forged")[1].message
     healthy = session_events(client, "healthy")
     assert words_of(healthy) == oracle(healthy_words) and error_codes(healthy) == []
 
