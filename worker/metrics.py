@@ -79,7 +79,7 @@ class PrometheusObserver(WorkerObserver):
         )
         self.end_to_end_latency_seconds = Histogram(
             "streamscribe_end_to_end_latency_seconds",
-            "From the producer's XADD of a segment's last audio chunk to the segment's commit",
+            "From the producer's send time of the newest audio chunk in a commit to that commit (with segments)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -173,7 +173,8 @@ class BatchableProcessor(ASRProcessor, Protocol):
 class ModelLoader(Protocol):
     """Creates a processor for a configuration (the guide's ``ModelLoader``).
 
-    ``metadata`` is free-form; the worker reads ``separator`` and ``sample_rate`` if present.
+    ``metadata`` is free-form; the worker reads ``sample_rate`` (the rate the processor takes, default
+    16000: audio at another session rate is resampled per chunk before it is inserted).
     """
 
     def load(self, config: ASRConfig) -> tuple[ASRProcessor, dict[str, Any]]: ...

@@ -1,4 +1,4 @@
-"""``streamscribe``: subcommands simulate, worker, produce, tail and demo.
+"""``streamscribe``: subcommands simulate, worker, produce, tail, demo and gateway.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``;
 errors of streamscribe exit non-zero with one clear line.
