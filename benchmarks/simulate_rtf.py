@@ -17,6 +17,8 @@ import os
 import platform
 import time
 
+import numpy as np
+
 from benchmarks.corpus import corpus_wer, load_manifest
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
@@ -59,15 +61,16 @@ def main() -> None:
     )
     recordings = load_manifest()
     load_processor(config)  # load the model once, outside the timing
-    refs, hyps, audio_sec, busy = [], [], 0.0, 0.0
+    refs, hyps, audio_sec, busy, lags = [], [], 0.0, 0.0, []
     for rec in recordings:
         audio = decode_file(rec.path)
         processor, _meta = load_processor(config)
         started = time.perf_counter()
-        text = " ".join(
-            s.text for s in simulate(processor, audio, 16000, chunk_sec=config.min_chunk_size, mode=args.mode)
-        )
+        segments = list(simulate(processor, audio, 16000, chunk_sec=config.min_chunk_size, mode=args.mode))
         busy += time.perf_counter() - started
+        text = " ".join(s.text for s in segments)
+        # audio time at which each segment was committed, after its last word ended
+        lags += [s.emit - s.end for s in segments]
         audio_sec += audio.shape[0] / 16000
         refs.append(rec.reference)
         hyps.append(text)
@@ -81,6 +84,12 @@ def main() -> None:
         f"files={len(recordings)} audio={audio_sec:.1f}s processing={busy:.1f}s "
         f"RTF={busy / audio_sec:.3f} WER={wer * 100:.2f}%"
     )
+    if args.mode == "unaware" and lags:
+        lag = np.array(lags)
+        print(
+            f"commit lag (audio time from a segment's end to its commit, compute excluded): "
+            f"mean={lag.mean():.2f}s p50={np.percentile(lag, 50):.2f}s p90={np.percentile(lag, 90):.2f}s"
+        )
 
 
 if __name__ == "__main__":
