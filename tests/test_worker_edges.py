@@ -124,3 +124,42 @@ def test_an_id_reused_after_its_retention_is_copied_to_the_shard_stream_from_the
     copied = [int(f[b"seq"]) for _id, f in shard]
     assert copied == [e.seq for e in first] + [e.seq for e in second]
     assert [w[2] for w in words_of(second)] == words
+
+
+def test_a_redis_error_while_closing_an_ended_sessions_lease_is_retried_not_leaked(redis_url, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from worker.runtime.ownership import LeaseManager
+
+    real_finish = LeaseManager.finish
+    failures = []
+
+    def finish_failing_once(self, shard, entry_id):
+        if not failures:
+            failures.append(entry_id)
+            raise RedisConnectionError("connection reset while acknowledging")
+        return real_finish(self, shard, entry_id)
+
+    monkeypatch.setattr(LeaseManager, "finish", finish_failing_once)
+    write_session(redis_url, "call-ack", encode_words(random_words(6, seed=8)))
+    worker = Worker(synthetic_settings(redis_url))
+    worker.run(burst=True, max_seconds=30)
+    client = client_for(redis_url)
+    stream = KEYS.announcements(KEYS.shard_of("call-ack"))
+    assert failures and worker.sessions == {}
+    assert client.xpending(stream, "workers")["pending"] == 0 and client.xlen(stream) == 0
+    assert session_events(client, "call-ack")[-1].TYPE == "session_ended"
+
+
+def test_a_model_that_fails_to_load_ends_its_session_not_the_worker(redis_url, monkeypatch):
+    from worker.backends.synthetic import SyntheticLoader
+
+    def load(self, config, **kwargs):
+        raise RuntimeError("CUDA failed with error out of memory")
+
+    monkeypatch.setattr(SyntheticLoader, "load", load)
+    write_session(redis_url, "call-oom", encode_words(random_words(4, seed=9)))
+    Worker(synthetic_settings(redis_url)).run(burst=True, max_seconds=30)
+    events = session_events(client_for(redis_url), "call-oom")
+    assert [e.TYPE for e in events] == ["session_started", "error", "session_ended"]
+    assert events[1].code == "backend_error" and "out of memory" in events[1].message

@@ -47,10 +47,11 @@ class SessionFactory:
         epoch, open_blob, checkpoint, out_seq = int(reply[1]), reply[2], reply[3], int(reply[4])
         lease = SessionLease(sid, shard, entry_id, epoch)
         session = self._build(lease, open_blob)
-        if session.ended or session.dirty:
-            session.out_seq = out_seq
-            return Acquired("ok", session, takeover=epoch > 1)
-        if checkpoint:
+        session.out_seq = out_seq
+        if session.dirty:  # it ends at once (a refused open, a backend that cannot load)
+            _carry_over(session, checkpoint)
+            session.started_event()
+        elif checkpoint:
             retained = self._retained_input(sid, checkpoint)
             try:
                 session.restore(checkpoint, out_seq, retained)
@@ -58,10 +59,11 @@ class SessionFactory:
                 log.error("session %s: cannot restore its checkpoint: %s", sid, e)
                 session = self._build(lease, open_blob)
                 session.out_seq = out_seq
-                session.fail("restore_failed", f"the session's checkpoint could not be restored: {e}")
-                return Acquired("ok", session, takeover=epoch > 1)
+                _carry_over(session, checkpoint)
+                session.started_event()
+                if not session.dirty:
+                    session.fail("restore_failed", f"the session's checkpoint could not be restored: {e}")
         else:
-            session.out_seq = out_seq
             session.started_event()
         return Acquired("ok", session, takeover=epoch > 1)
 
@@ -89,10 +91,9 @@ class SessionFactory:
             return self._refused(lease, opened, inputs.BAD_SESSION, f"invalid ASR options: {e}", raw)
         try:
             loaded = [load_processor(config) for _ in range(opened.channels)]
-        except StreamscribeError as e:
+        except Exception as e:  # faster-whisper, ctranslate2 and the hub raise their own types
             # the session asked for something allowed; this worker could not provide it
             session = self._live(lease, opened, [], opened.sample_rate)
-            session.started_event()
             session.fail("backend_error", str(e))
             return session
         rate = int(loaded[0][1].get("sample_rate", 16000))
@@ -100,7 +101,6 @@ class SessionFactory:
 
     def _refused(self, lease: SessionLease, opened: SessionOpen, reason: str, message: str, raw: bytes) -> LiveSession:
         session = self._live(lease, opened, [], opened.sample_rate)
-        session.started_event()
         session.reject_open(reason, message, raw)
         return session
 
@@ -148,3 +148,15 @@ class SessionFactory:
         if state.trim is None:
             return []
         return self.client.xrange(self.keys.session_input(sid), state.trim[0], state.in_pos)
+
+
+def _carry_over(session: LiveSession, checkpoint: bytes) -> None:
+    """What a session that ends at once keeps of the call so far: whether it started, its totals."""
+    if not checkpoint:
+        return
+    try:
+        state = Checkpoint.decode(checkpoint)
+    except StreamscribeError:
+        return
+    session.started = state.started
+    session.totals = state.totals

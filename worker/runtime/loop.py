@@ -7,11 +7,14 @@ lease keeper renews leases from its own thread, and metrics are served from anot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from worker.errors import ConfigError
 from worker.metrics import LoopHeartbeat, WorkerObserver
@@ -50,6 +53,9 @@ class Worker:
         self._stopping = threading.Event()
         self._next_janitor = 0.0
         self._keeper: LeaseKeeper | None = None
+        self._keeper_client: Any = None
+        #: announcement entries claimed and being acquired (model load, restore): renewed too
+        self._acquiring: frozenset[tuple[int, str]] = frozenset()
 
     def __repr__(self) -> str:
         return f"<Worker {self.settings.worker_id} sessions={len(self.sessions)}/{self.settings.max_sessions}>"
@@ -67,6 +73,7 @@ class Worker:
             self.settings.worker_id,
             self.settings.lease_ttl_sec,
         )
+        self._keeper_client = keeper_leases.client
         self._keeper = LeaseKeeper(
             keeper_leases, self._held, self._on_lost, self.health.alive, self.settings.lease_ttl_sec / 3
         )
@@ -96,6 +103,7 @@ class Worker:
         """Release every lease at once (no wait for the TTL) and stop the lease keeper."""
         if self._keeper:
             self._keeper.stop()
+            self._keeper.join(timeout=5)
         for s in list(self.sessions.values()):
             try:
                 self.leases.release(s.lease.shard, s.lease.entry_id)
@@ -108,6 +116,10 @@ class Worker:
         except Exception as e:
             log.debug("leaving the group: %s", e)
         self.health.connected = False
+        for client in (self._keeper_client, self.client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
 
     # -- one iteration ---------------------------------------------------------------------
 
@@ -116,10 +128,9 @@ class Worker:
             did_work = self._iteration()
             self.health.beat(connected=True)
             return did_work
-        except Exception as e:
-            if not _is_connection_error(e):
-                raise
-            log.warning("redis unreachable: %s; retrying", e)
+        except RedisError as e:
+            # unreachable, failing over, or refusing writes (OOM under noeviction): back off, retry
+            log.warning("redis error: %s; retrying", e)
             self.health.beat(connected=False)
             self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
             return False
@@ -134,6 +145,7 @@ class Worker:
             if s.dirty:
                 s.finish_iteration()
         committed = self._commit([s for s in self.sessions.values() if s.dirty])
+        self._finish_ended()
         self._report_load()
         return bool(took or calls or committed)
 
@@ -158,8 +170,18 @@ class Worker:
         if free - len(claimed) > 0 and now >= self._next_janitor:
             self._next_janitor = now + self.settings.janitor_interval_sec
             claimed += self.leases.take_expired(free - len(claimed))
-        for shard, entry_id, sid in claimed:
-            self._acquire(shard, entry_id, sid)
+        self._acquiring = frozenset((shard, entry_id) for shard, entry_id, _sid in claimed)
+        try:
+            for shard, entry_id, sid in claimed:
+                try:
+                    self._acquire(shard, entry_id, sid)
+                except RedisError:
+                    raise
+                except Exception:
+                    # not ours to crash on: the lease is left to expire, so it is retried after the TTL
+                    log.exception("could not take session %s; leaving it for a later claim", sid)
+        finally:
+            self._acquiring = frozenset()
         return len(claimed)
 
     def _acquire(self, shard: int, entry_id: str, sid: str) -> None:
@@ -260,22 +282,37 @@ class Worker:
                     self.observer.latency(time.time() - s.stats.latest_sent_at)
             elif o.result == FENCED:
                 self.sessions.pop(s.session_id, None)
+                if o.detail == "seq_mismatch":
+                    # our commit landed but its reply was lost: the lease is still ours, so hand it
+                    # over now; whoever claims it (perhaps we) restores from that commit
+                    with contextlib.suppress(RedisError):
+                        self.leases.release(s.lease.shard, s.lease.entry_id)
                 self.committer.behind.discard(s.session_id)  # the new owner copies them
-        behind = self.committer.forward(forwards)
-        for o in outcomes:
-            s = o.session
-            if o.result == OK and s.ended:
-                if s.session_id in behind:
+        self.committer.forward(forwards)
+        return len(outcomes)
+
+    def _finish_ended(self) -> None:
+        """Close the lease of every session whose end is committed; retried until it succeeds.
+
+        Each session on its own: a Redis error leaves it owned (and renewed) for the next
+        iteration, so no slot is lost and no other ended session is skipped.
+        """
+        for s in [s for s in self.sessions.values() if s.ended and not s.dirty]:
+            sid = s.session_id
+            try:
+                if sid in self.committer.forward([(sid, [])]):
                     # acknowledging now would lose the uncopied records: hand the lease over, and
                     # whoever claims it finds the session ended and finishes the copy first
-                    self.committer.behind.discard(s.session_id)
+                    self.committer.behind.discard(sid)
                     self.leases.release(s.lease.shard, s.lease.entry_id)
                 else:
                     self.leases.finish(s.lease.shard, s.lease.entry_id)
-                self.sessions.pop(s.session_id, None)
-                self.observer.session_ended(_reason_label(s.ended_reason))
-                log.info("session %s ended (%s)", s.session_id, s.ended_reason)
-        return len(outcomes)
+            except RedisError as e:
+                log.warning("session %s ended, but closing its lease failed (retrying): %s", sid, e)
+                continue
+            self.sessions.pop(sid, None)
+            self.observer.session_ended(_reason_label(s.ended_reason))
+            log.info("session %s ended (%s)", sid, s.ended_reason)
 
     def _report_load(self) -> None:
         backlog = sum(s.backlog_sec() for s in self.sessions.values())
@@ -287,6 +324,8 @@ class Worker:
         held: dict[int, list[str]] = defaultdict(list)
         for s in list(self.sessions.values()):
             held[s.lease.shard].append(s.lease.entry_id)
+        for shard, entry_id in self._acquiring:
+            held[shard].append(entry_id)
         return held
 
     def _on_lost(self, lost: list[tuple[int, str]]) -> None:
@@ -315,10 +354,3 @@ def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
     asr = call.processor.asr
     settings = tuple(sorted((k, repr(v)) for k, v in vars(asr).items() if k != "model"))
     return (type(asr), id(getattr(asr, "model", asr)), settings)
-
-
-def _is_connection_error(e: Exception) -> bool:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return isinstance(e, RedisConnectionError | RedisTimeoutError)
