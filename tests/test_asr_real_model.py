@@ -131,3 +131,16 @@ def test_the_batched_encoder_gives_the_same_words_as_one_call_per_request():
     batched = asr.transcribe_batch(items)
     assert [asr.ts_words(r) for r in batched] == [asr.ts_words(r) for r in one_by_one]
     assert [asr.segments_end_ts(r) for r in batched] == [asr.segments_end_ts(r) for r in one_by_one]
+
+
+def test_vac_commits_the_tail_of_a_voiced_stretch_as_soon_as_the_speaker_pauses():
+    clip = decode_file(speech_dir() / "04_cmu_arctic_aew_a0003.wav")
+    audio = np.concatenate([clip, np.zeros(4 * 16000, np.float32)])
+    runs = {}
+    for vac in (False, True):
+        processor, _ = load_processor(ASRConfig.parse(vac=vac, min_chunk_size=1.0))
+        runs[vac] = list(simulate(processor, audio, 16000, chunk_sec=1.0))
+    text = {vac: " ".join(s.text for s in segs) for vac, segs in runs.items()}
+    assert text[True] == text[False] and "shook hands" in text[True]
+    # without vac the last words wait for a second agreeing hypothesis; with it, the pause commits them
+    assert runs[True][-1].emit < runs[False][-1].emit

@@ -42,8 +42,9 @@ PROMPT_CHARS = 200
 MAX_BUFFER_SEC = 28.0
 #: When the buffer holds no words at all, keep this much of its end (a word may be starting).
 KEEP_UNVOICED_SEC = 1.0
-#: With ``vac``, this much silence after speech ends a voiced stretch and commits its tail.
-VAC_SILENCE_SEC = 0.8
+#: With ``vac``, this much silence after speech ends a voiced stretch and commits its tail (500 ms,
+#: as whisper_streaming's voice activity controller).
+VAC_SILENCE_SEC = 0.5
 _SENTENCE_END = re.compile(r"[.!?…。？！]['\"”’)\]]*$")
 
 
