@@ -33,14 +33,11 @@ from producer.common import (
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
 from worker.protocol.scripts import Scripts
+from worker.runtime.connection import text
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def connect_async(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
@@ -126,20 +123,20 @@ class AsyncProducer:
         status, announced = await self.retry(
             lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
-        check_open_status(sid, _text(status))
-        if _text(status) == "created":
+        check_open_status(sid, text(status))
+        if text(status) == "created":
             # a new session under an id used before its retention ran out: no stale copy cursor
             await self.retry(lambda: self.client.delete(self.keys.forward_cursor(sid)))
-        if _text(status) == "exists" and _text(announced) == "1":
+        if text(status) == "exists" and text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:
             announcements = self.keys.announcements(self.keys.shard_of(sid))
             await self.retry(lambda: self.client.xadd(announcements, {"session": sid}))
             await self.retry(lambda: self.client.hset(state, "announced", "1"))
         writer = AsyncSessionWriter(self, opened)
-        if _text(status) == "exists":
+        if text(status) == "exists":
             last = await self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
-            writer.seq = int(_text(last[0][0]).split("-")[0]) if last else 0
+            writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
         return writer
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:

@@ -29,15 +29,11 @@ from producer.common import ConnectionOptions
 from worker.errors import DecodeError
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.messages import Event, SessionEnded, decode_event
-from worker.runtime.connection import connect
+from worker.runtime.connection import connect, text
 
 log = logging.getLogger(__name__)
 
 Streams = dict[str, str]  # stream key -> last id read
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,7 @@ class TranscriptConsumer:
             else:
                 # a concrete id, not "$": with per-shard reads "$" would skip what arrives between them
                 last = self.client.xrevrange(key, count=1)
-                streams[key] = _text(last[0][0]) if last else "0-0"
+                streams[key] = text(last[0][0]) if last else "0-0"
         return self._follow(streams, idle_timeout)
 
     def _follow(self, streams: Streams, idle_timeout: float | None) -> Iterator[Delivery]:
@@ -253,7 +249,7 @@ def _flatten(reply: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
     for key, entries in items:
         for entry_id, fields in entries:
             # a pending entry deleted by trimming comes back with no fields
-            out.append((_text(key), _text(entry_id), fields or {}))
+            out.append((text(key), text(entry_id), fields or {}))
     return out
 
 
@@ -273,7 +269,7 @@ def _delivery(shard: int, entry_id: str, fields: dict[bytes, bytes]) -> Delivery
     event = _decode(fields, entry_id)
     if event is None:
         return None
-    return Delivery(shard, entry_id, _text(fields.get(b"session", event.session)), int(fields.get(b"seq", 0)), event)
+    return Delivery(shard, entry_id, text(fields.get(b"session", event.session)), int(fields.get(b"seq", 0)), event)
 
 
 def _deadline(idle_timeout: float | None) -> float | None:

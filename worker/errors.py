@@ -45,7 +45,3 @@ class SnapshotError(StreamscribeError):
 
 class SessionEndedError(StreamscribeError):
     """A session id was opened again after its session ended (its keys are kept for retention)."""
-
-
-class FencedError(StreamscribeError):
-    """This worker's lease on a session was taken over; its writes are refused."""

@@ -286,7 +286,3 @@ class OnlineASRProcessor:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SnapshotError(f"malformed processor snapshot: {e!r}") from e
-
-    def restored_end(self, state: dict[str, Any]) -> int:
-        """Where the buffer ended when ``state`` was taken (the worker re-inserts up to here)."""
-        return int(state["buffer_end"])

@@ -18,8 +18,3 @@ def shared_model(key: tuple[str, ...], factory: Callable[[], T]) -> T:
         if key not in _models:
             _models[key] = factory()
         return _models[key]
-
-
-def cached_keys() -> list[tuple[str, ...]]:
-    with _lock:
-        return list(_models)

@@ -61,6 +61,7 @@ class Keyspace:
         return f"{self.prefix}:{{{sid}}}:dlq"
 
     def session_keys(self, sid: str) -> list[str]:
+        """Every key of one session, in the KEYS order of ``commit.lua``."""
         return [
             self.session_state(sid),
             self.session_input(sid),

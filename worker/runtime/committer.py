@@ -49,12 +49,7 @@ class Committer:
             records = s.build_records()
             blob, trim = s.checkpoint()
             sid = s.session_id
-            keys = [
-                self.keys.session_state(sid),
-                self.keys.session_input(sid),
-                self.keys.session_output(sid),
-                self.keys.session_dead_letters(sid),
-            ]
+            keys = self.keys.session_keys(sid)  # state, in, out, dlq: commit.lua's KEYS order
             args: list[Any] = [
                 s.lease.epoch,
                 s.out_seq,

@@ -39,6 +39,7 @@ from worker.protocol.messages import (
 )
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
+from worker.runtime.connection import text
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class LiveSession:
         """Queue entries read after ``last_read_id``; returns (chunks, audio seconds) received."""
         chunks, frames = 0, 0
         for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry_id = text(raw_id)
             entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
             self.queue.append(entry)
             self.last_read_id = entry_id
@@ -296,15 +297,15 @@ class LiveSession:
         )
 
     def _take_committed(self, channel: int, committed: Committed) -> None:
-        text = (committed.text or "").strip()
-        if committed.start is None or committed.end is None or not text:
+        spoken = (committed.text or "").strip()
+        if committed.start is None or committed.end is None or not spoken:
             return
         words = [
             [round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)]
             for w in committed.words
         ]
         event = SegmentEvent(
-            self.session_id, channel, 0, round(committed.start, 3), round(committed.end, 3), text, words, time.time()
+            self.session_id, channel, 0, round(committed.start, 3), round(committed.end, 3), spoken, words, time.time()
         )
         self._record(event)
         self.totals.segments += 1
@@ -402,7 +403,7 @@ class LiveSession:
         # checks from it skips exactly the entries the old owner skipped, duplicates included
         replay: inputs.SeqTracker | None = None
         for raw_id, fields in retained:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry_id = text(raw_id)
             entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
             if replay is None:
                 replay = inputs.SeqTracker(entry.seq or 0)
