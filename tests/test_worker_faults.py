@@ -128,10 +128,10 @@ def test_a_paused_owner_is_fenced_when_it_wakes_and_writes_nothing(redis_url, fl
     reference = reference_segments(redis_url, words)
     client = client_for(redis_url)
     sid = "call-pause"
-    # its transcribe calls take 0.4 s, and say when they start: the pause lands inside one, as a
+    # its transcribe calls take 1 s, and say when they start: the pause lands inside one, as a
     # GC or VM pause would during a long inference, so the worker wakes in the middle of an
     # iteration and goes on to commit it before anything can tell it that it lost the lease
-    paused = fleet.spawn(redis_url, "w-paused", lease_ttl_sec=TTL, prelude=slow_backend(0.4))
+    paused = fleet.spawn(redis_url, "w-paused", lease_ttl_sec=TTL, prelude=slow_backend(1.0))
     producer = RealtimeProducer(redis_url, sid, encode_words(words), interval_sec=0.025)
     producer.start()
     wait_owner(client, sid, 0, timeout=10)
