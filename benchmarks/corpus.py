@@ -1,4 +1,4 @@
-"""The shared speech corpus (../shared/speech) and WER scoring, for tests and benchmarks."""
+"""The real speech corpus (benchmarks/speech, in the repo) and WER scoring, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 
 
 def speech_dir() -> Path:
+    """The corpus folder: ``$STREAMSCRIBE_SPEECH_DIR`` if set, else ``benchmarks/speech`` in the repo."""
     env = os.environ.get("STREAMSCRIBE_SPEECH_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "speech"
+    # in the repo, so that a fresh clone runs the real-speech tests with nothing beside it
+    return Path(__file__).resolve().parent / "speech"
 
 
 @dataclass(frozen=True)

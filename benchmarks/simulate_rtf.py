@@ -1,4 +1,4 @@
-"""Real-time factor and WER of streaming simulation on the shared speech corpus.
+"""Real-time factor and WER of streaming simulation on the real speech corpus (benchmarks/speech).
 
     python -m benchmarks.simulate_rtf                       # the defaults
     python -m benchmarks.simulate_rtf --min-chunk-size 1.0 --beam-size 5

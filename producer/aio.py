@@ -105,6 +105,7 @@ class AsyncProducer:
         backend: str | None = None,
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
+        partials: bool = True,
     ) -> AsyncSessionWriter:
         """Create the session and announce it; an existing session continues its numbering."""
         opened = build_open(
@@ -117,6 +118,7 @@ class AsyncProducer:
             backend=backend,
             min_chunk_size=min_chunk_size,
             metadata=metadata,
+            partials=partials,
         )
         sid = opened.session_id
         state = self.keys.session_state(sid)

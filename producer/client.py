@@ -74,6 +74,7 @@ class Producer:
         backend: str | None = None,
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
+        partials: bool = True,
     ) -> SessionWriter:
         """Create the session and announce it to the workers; returns its writer.
 
@@ -89,6 +90,7 @@ class Producer:
             backend=backend,
             min_chunk_size=min_chunk_size,
             metadata=metadata,
+            partials=partials,
         )
         sid = opened.session_id
         state = self.keys.session_state(sid)

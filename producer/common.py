@@ -81,12 +81,13 @@ def build_open(
     backend: str | None,
     min_chunk_size: float | None,
     metadata: dict[str, str] | None,
+    partials: bool = True,
 ) -> SessionOpen:
     """The validated :class:`SessionOpen` of a new session (a random id when none is given)."""
     sid = check_session_id(session_id or uuid.uuid4().hex)
     options = (("language", language), ("model", model), ("backend", backend), ("min_chunk_size", min_chunk_size))
     asr: dict[str, Any] = {k: v for k, v in options if v is not None}
-    opened = SessionOpen(sid, sample_rate, encoding, channels, asr, dict(metadata or {}), time.time())
+    opened = SessionOpen(sid, sample_rate, encoding, channels, asr, dict(metadata or {}), time.time(), partials)
     opened.validate()
     return opened
 

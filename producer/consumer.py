@@ -82,14 +82,22 @@ class TranscriptConsumer:
 
     # -- one session -----------------------------------------------------------------------
 
-    def session_events(self, session_id: str, *, idle_timeout: float | None = None) -> Iterator[Event]:
+    def session_events(
+        self, session_id: str, *, idle_timeout: float | None = None, partials: bool = False
+    ) -> Iterator[Event]:
         """Every event of one session, from its first, until ``session_ended``.
 
         Waits for a session that has not started yet. With ``idle_timeout``, stops early (without
-        ``session_ended``) after that many seconds with no event.
+        ``session_ended``) after that many seconds with no event. With ``partials``, the
+        session's ``partial`` events come too, in the order they were written among the
+        committed ones: each replaces the previous partial of its channel, and none is ever part
+        of the transcript.
         """
-        key = self.keys.session_output(check_session_id(session_id))
-        for _key, entry_id, fields in self._entries({key: "0-0"}, idle_timeout):
+        sid = check_session_id(session_id)
+        streams: Streams = {self.keys.session_output(sid): "0-0"}
+        if partials:
+            streams[self.keys.session_partials(sid)] = "0-0"
+        for _key, entry_id, fields in self._entries(streams, idle_timeout):
             event = _decode(fields, entry_id)
             if event is None:
                 continue
@@ -138,6 +146,9 @@ class TranscriptConsumer:
                     return
                 continue
             deadline = _deadline(idle_timeout)
+            if len(streams) > 1:
+                # one session's streams live on one node, so their ids share a clock: merge by id
+                replies.sort(key=lambda r: _id_order(r[1]))
             for key, entry_id, fields in replies:
                 streams[key] = entry_id
                 yield key, entry_id, fields
@@ -226,7 +237,8 @@ class TranscriptConsumer:
 
     def _read(self, call: Any, streams: Streams, block: int | None) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """One read of ``streams``: one command on a standalone server, one per stream on a cluster."""
-        if not self.cluster or len(streams) == 1:
+        if not self.cluster or len(streams) == 1 or len({self.client.keyslot(k) for k in streams}) == 1:
+            # one session's streams share a hash tag: one command reads them on a cluster too
             return _flatten(call(streams, block))
         out: list[tuple[str, str, dict[bytes, bytes]]] = []
         for key, pos in streams.items():
@@ -270,6 +282,11 @@ def _delivery(shard: int, entry_id: str, fields: dict[bytes, bytes]) -> Delivery
     if event is None:
         return None
     return Delivery(shard, entry_id, text(fields.get(b"session", event.session)), int(fields.get(b"seq", 0)), event)
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _deadline(idle_timeout: float | None) -> float | None:

@@ -259,7 +259,7 @@ def test_the_guides_asrbase_subclass_keeps_the_model_it_set_before_super_init():
 
 
 def test_the_encoder_window_depends_only_on_the_requests_own_length():
-    from worker.backends.faster_whisper_batch import FULL_WINDOW, encoder_window
+    from worker.backends.whisper_decode import FULL_WINDOW, encoder_window
 
     assert encoder_window(100, 500) == 1000  # 1 s of audio + 5 s padding -> a 10 s window
     assert encoder_window(500, 500) == 1000

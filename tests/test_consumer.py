@@ -240,7 +240,7 @@ def test_tail_json_run_before_the_session_exists_prints_every_event_and_exits(va
     assert [(o["session"], o["seq"], o["type"]) for o in objects] == keyed(output_events(valkey_url, "json-call"))
     segment = objects[1]
     assert segment["type"] == "segment" and set(segment) == {
-        "type", "session", "channel", "seq", "start", "end", "text", "words", "emitted_at"
+        "type", "session", "channel", "seq", "start", "end", "text", "words", "emitted_at", "utterance_end"
     }  # fmt: skip
     assert objects[-1]["type"] == "session_ended" and objects[-1]["reason"] == "completed"
 

@@ -26,12 +26,14 @@ class ASRConfig(BaseModel):
     buffer_trimming: Literal["segment", "sentence"] = "segment"
     buffer_trimming_sec: float = Field(15.0, gt=0, le=30, description="Trim the buffer past this length")
     vad: bool = Field(True, description="Skip audio that Silero VAD finds no speech in")
-    vac: bool = Field(False, description="Commit the tail at the end of each voiced stretch")
+    vac: bool = Field(
+        True, description="Utterance-bounded buffers (with vad): commit and cut at each pause of 0.5 s or more"
+    )
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
     beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding")
-    batch_encoder: bool | None = Field(
-        None, description="Batch the encoder over sessions; None: on a GPU yes, on the CPU no"
+    final_beam_size: int | None = Field(
+        None, ge=1, le=16, description="Beam of the decode that closes an utterance (vac); None: beam_size"
     )
     window_padding_sec: float | None = Field(
         5.0,
@@ -39,7 +41,9 @@ class ASRConfig(BaseModel):
         le=30,
         description="Silence after the buffer in the encoder window (5 s steps); None: Whisper's full 30 s",
     )
-    no_speech_threshold: float = Field(0.6, ge=0, le=1, description="Drop segments above this")
+    no_speech_threshold: float = Field(
+        0.6, ge=0, le=1, description="Drop a segment above this whose log-probability is also below -1"
+    )
     input_sample_rate: int = Field(
         16000, ge=8000, le=192000, description="Rate of the audio given to the processor; resampled to 16 kHz"
     )

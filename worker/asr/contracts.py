@@ -13,7 +13,7 @@ register a loader) plugs in unchanged; see ``worker.backends.registry`` for regi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -48,6 +48,8 @@ class Committed:
     end: float | None
     text: str
     words: tuple[Word, ...] = field(default=())
+    #: The text closes a voiced stretch that a pause follows (the speaker stopped).
+    utterance_end: bool = False
 
     def __iter__(self) -> Iterator[Any]:
         yield self.start
@@ -65,6 +67,9 @@ class TranscribeRequest:
 
     audio: np.ndarray
     init_prompt: str = ""
+    #: The decode that closes a voiced stretch: its whole hypothesis is committed, so a backend
+    #: may spend more on it (faster-whisper: ``final_beam_size``).
+    final: bool = False
 
 
 class ASRBase:
@@ -113,6 +118,23 @@ class ASRBase:
         call; the worker already gathers the requests of every ready session into one call.
         """
         return [self.transcribe(audio, init_prompt=prompt) for audio, prompt in items]
+
+    def transcribe_requests(self, requests: Sequence[TranscribeRequest]) -> list[Any]:
+        """Results for the processors' requests, in order: what the worker and processors call.
+
+        The default hands the ``(audio, prompt)`` pairs to :meth:`transcribe_batch`, so a backend
+        written to the guide works unchanged; a backend that uses the rest of a request (its
+        ``final`` flag) overrides this.
+        """
+        return self.transcribe_batch([(r.audio, r.init_prompt) for r in requests])
+
+    def batch_key(self) -> Hashable:
+        """Requests of backends with equal keys may go to one :meth:`transcribe_requests` call.
+
+        The default batches a backend with itself only, which is always safe; a backend whose
+        instances share a model says which settings make their answers equal.
+        """
+        return (type(self), id(self))
 
     def ts_words(self, result: Any) -> list[tuple[float, float, str]] | list[Word]:
         """Words of a result as ``(start, end, word)``, in seconds relative to the buffer."""
@@ -167,6 +189,34 @@ class BatchableProcessor(ASRProcessor, Protocol):
 
     def complete_iter(self, result: Any) -> Committed:
         """Finish an iteration with the backend's result for :meth:`prepare_iter`'s request."""
+
+
+@runtime_checkable
+class StreamingProcessor(ASRProcessor, Protocol):
+    """A processor that says when it is due: the worker steps it at those points only.
+
+    Processing points must depend on the inserted audio alone (never on time or load), so a
+    session restored from a checkpoint makes the same calls as one that never stopped.
+    """
+
+    @property
+    def unprocessed_sec(self) -> float:
+        """Seconds of inserted audio that no iteration has processed yet."""
+
+    @property
+    def buffer_end(self) -> int:
+        """Absolute sample index (at the processor's input rate) one past the last inserted sample."""
+
+    def is_due(self) -> bool:
+        """An iteration should run now."""
+
+
+@runtime_checkable
+class InterimProcessor(Protocol):
+    """A processor that can show its unconfirmed hypothesis (for ``partial`` events)."""
+
+    def partial(self) -> Committed:
+        """Text heard but not committed yet (never committed as such); empty when all is committed."""
 
 
 @runtime_checkable

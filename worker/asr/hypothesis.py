@@ -57,13 +57,22 @@ class HypothesisBuffer:
                 del self.new[:n]
                 break
 
-    def flush(self) -> list[Word]:
-        """Commit and return the longest common prefix of the last two hypotheses."""
+    def flush(self, confident_before: float | None = None, confidence: float = 1.0) -> list[Word]:
+        """Commit and return the longest common prefix of the last two hypotheses.
+
+        With ``confident_before``, the new hypothesis's next words are committed too while each
+        ends before that time, has at least ``confidence`` probability and is not the
+        hypothesis's last word: words well inside the audio that the model is sure of rarely
+        change, and waiting for a second hypothesis costs a whole chunk of latency.
+        """
         commit: list[Word] = []
         while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
             word = self.new.pop(0)
             self.buffer.pop(0)
             commit.append(word)
+        if confident_before is not None:
+            while len(self.new) > 1 and self.new[0].end <= confident_before and self.new[0].probability >= confidence:
+                commit.append(self.new.pop(0))
         if commit:
             self.last_committed_word = commit[-1].text
             self.last_committed_time = commit[-1].end
@@ -72,9 +81,13 @@ class HypothesisBuffer:
         self.committed_in_buffer.extend(commit)
         return commit
 
-    def force_commit(self) -> list[Word]:
-        """Commit the whole unconfirmed hypothesis (end of stream, end of voice, hard cap)."""
-        commit, self.buffer = self.buffer, []
+    def force_commit(self, keep_last: int = 0) -> list[Word]:
+        """Commit the unconfirmed hypothesis (end of stream, end of voice, hard cap).
+
+        ``keep_last`` words at its end stay unconfirmed.
+        """
+        split = max(0, len(self.buffer) - keep_last)
+        commit, self.buffer = self.buffer[:split], self.buffer[split:]
         if commit:
             self.last_committed_word = commit[-1].text
             self.last_committed_time = commit[-1].end

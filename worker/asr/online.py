@@ -14,6 +14,19 @@ from the original, each on purpose:
 * Words of segments whose no-speech probability is high are dropped by the backend.
 * The audio buffer holds samples at the input rate, and positions are whole samples, so that a
   snapshot restored on another machine and fed the same audio reproduces every later output.
+
+With ``vac`` (on by default, with ``vad``) the buffer is bounded by utterances, as
+whisper_streaming's voice activity controller does it:
+
+* nothing is decoded until Silero hears speech, and the buffer then starts 0.2 s before it, so
+  Whisper never sees a buffer of line hiss (a source of phrases invented at the start of calls);
+* once the voice has paused for ``VAC_SILENCE_SEC`` the processor is due at once: it decodes
+  the stretch with the pause after it as padding, commits the whole hypothesis (marked
+  ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
+  decode is cheap and the words at a turn's end commit about half a second after they are said;
+* within a stretch, LocalAgreement-2 commits as before.
+* :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
+  so the last words of a call are not lost.
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ import numpy as np
 from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
 from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
 from worker.asr.hypothesis import HypothesisBuffer
+from worker.asr.utterance import PHRASE_PAUSE_SEC, VAC_SILENCE_SEC, UtteranceBuffering
+from worker.asr.voice import VoiceTracker
 from worker.errors import SnapshotError
 
 if TYPE_CHECKING:
@@ -35,20 +50,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 #: Characters of committed text given to Whisper as the initial prompt.
 PROMPT_CHARS = 200
 #: Whisper reads 30 s windows; the buffer is force-cut before it reaches that.
 MAX_BUFFER_SEC = 28.0
 #: When the buffer holds no words at all, keep this much of its end (a word may be starting).
 KEEP_UNVOICED_SEC = 1.0
-#: With ``vac``, this much silence after speech ends a voiced stretch and commits its tail (500 ms,
-#: as whisper_streaming's voice activity controller).
-VAC_SILENCE_SEC = 0.5
 _SENTENCE_END = re.compile(r"[.!?…。？！]['\"”’)\]]*$")
 
 
-class OnlineASRProcessor:
+class OnlineASRProcessor(UtteranceBuffering):
     """Turns a growing audio stream into committed text; see the module docstring.
 
     ``sample_rate`` is the rate of the audio given to :meth:`insert_audio_chunk` (telephony
@@ -77,7 +89,8 @@ class OnlineASRProcessor:
         self.min_chunk_sec = float(min_chunk_sec)
         self.sample_rate = int(sample_rate)
         self.vad = vad
-        self.vac = vac
+        # utterance-bounded buffers rest on the voice tracker
+        self.vac = vac and vad
         self.max_buffer_sec = min(float(max_buffer_sec), MAX_BUFFER_SEC)
         self.init()
 
@@ -104,23 +117,40 @@ class OnlineASRProcessor:
         self.transcript_buffer.last_committed_time = start / self.sample_rate
         self.prompt_words: deque[str] = deque()
         self._pending: TranscribeRequest | None = None
+        self._pending_final = False
+        self._pending_phrase = False
+        self.voice = VoiceTracker(self.sample_rate, VAC_SILENCE_SEC)
+        self.voice.state.next_window = -(-start * 16000 // self.sample_rate // 512)
 
     def insert_audio_chunk(self, audio: np.ndarray) -> None:
         chunk = np.asarray(audio, dtype=np.float32).reshape(-1)
         self.audio_buffer = np.concatenate([self.audio_buffer, chunk])
+        if self.vac:
+            self.voice.update(self.audio_buffer, self.buffer_start)
 
     def process_iter(self) -> Committed:
         request = self.prepare_iter()
         if request is None:
             return self.complete_iter(None)
-        result = self.asr.transcribe(request.audio, init_prompt=request.init_prompt)
+        result = self.asr.transcribe_requests([request])[0]
         return self.complete_iter(result)
 
     def finish(self) -> Committed:
-        """Commit the unconfirmed tail; the stream is over."""
+        """Commit the unconfirmed tail; the stream is over.
+
+        With ``vac``, an open stretch is decoded once more up to the end of the audio, and its
+        whole hypothesis is committed as an utterance end.
+        """
+        if self.vac and self.voice.voiced:
+            request = self._final_request(self.buffer_end)
+            result = self.asr.transcribe_requests([request])[0]
+            committed = self._complete_final(result, self.buffer_end)
+            words = list(committed.words) + self.transcript_buffer.force_commit()
+            self._trim_to(self.buffer_end / self.sample_rate)
+            return self._committed(words, utterance_end=bool(words))
         words = self.transcript_buffer.force_commit()
         self._trim_to(self.buffer_end / self.sample_rate)
-        return self._committed(words)
+        return self._committed(words, utterance_end=bool(words) and self.vac)
 
     # -- positions ---------------------------------------------------------------------------
 
@@ -138,13 +168,21 @@ class OnlineASRProcessor:
         return (self.buffer_end - self.processed_end) / self.sample_rate
 
     def is_due(self) -> bool:
-        """Enough new audio arrived for another iteration."""
+        """Enough new audio arrived for another iteration, or (``vac``) the voice paused."""
+        if self.vac and (self.voice.pause_after_current() or self.voice.short_pause(PHRASE_PAUSE_SEC)):
+            return True
         return self.unprocessed_sec >= self.min_chunk_sec
+
+    def partial(self) -> Committed:
+        """The unconfirmed hypothesis after the last iteration (words not committed yet)."""
+        return self._committed(self.transcript_buffer.complete())
 
     # -- one iteration, split around the transcribe call so the worker can batch it ----------
 
     def prepare_iter(self) -> TranscribeRequest | None:
         """The transcribe call this iteration needs, or ``None`` when there is nothing to hear."""
+        if self.vac:
+            return self._prepare_utterance()
         audio16k = resample(self.audio_buffer, self.sample_rate)
         self._pending = None
         if audio16k.shape[0] == 0:
@@ -160,6 +198,8 @@ class OnlineASRProcessor:
 
     def complete_iter(self, result: Any) -> Committed:
         """Take the backend's result for :meth:`prepare_iter`'s request (``None`` if skipped)."""
+        if self.vac:
+            return self._complete_utterance(result)
         request, self._pending = self._pending, None
         self.processed_end = self.buffer_end
         if request is None:
@@ -167,8 +207,6 @@ class OnlineASRProcessor:
             return self._committed([])
         self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
         committed = self.transcript_buffer.flush()
-        if self.vac and self.transcript_buffer.buffer and self._voice_ended(request.audio):
-            committed += self.transcript_buffer.force_commit()
         committed += self._trim_after_iteration(result, bool(committed))
         return self._committed(committed)
 
@@ -178,7 +216,7 @@ class OnlineASRProcessor:
 
     # -- buffer trimming ---------------------------------------------------------------------
 
-    def _trim_after_iteration(self, result: Any, committed_now: bool) -> list[Word]:
+    def _trim_after_iteration(self, result: Any, committed_now: bool, *, drop_unvoiced: bool = True) -> list[Word]:
         """Trim the buffer; returns words that a hard cut had to commit unconfirmed."""
         buffer_sec = self.audio_buffer.shape[0] / self.sample_rate
         if committed_now and self.buffer_trimming_way == "sentence" and buffer_sec > self.buffer_trimming_sec:
@@ -186,7 +224,7 @@ class OnlineASRProcessor:
         limit = self.buffer_trimming_sec if self.buffer_trimming_way == "segment" else self.max_buffer_sec
         if self.audio_buffer.shape[0] / self.sample_rate > limit:
             self._chunk_completed_segment(result)
-        if not self.transcript_buffer.buffer and not self.transcript_buffer.committed_in_buffer:
+        if drop_unvoiced and not self.transcript_buffer.buffer and not self.transcript_buffer.committed_in_buffer:
             self._drop_unvoiced()
         if self.audio_buffer.shape[0] / self.sample_rate > self.max_buffer_sec:
             return self._force_cut()
@@ -243,16 +281,11 @@ class OnlineASRProcessor:
         while sum(len(w) + 1 for w in self.prompt_words) > PROMPT_CHARS and len(self.prompt_words) > 1:
             self.prompt_words.popleft()
 
-    def _voice_ended(self, audio16k: np.ndarray) -> bool:
-        from worker.asr.vad import trailing_silence_sec
-
-        return trailing_silence_sec(audio16k) >= VAC_SILENCE_SEC
-
-    def _committed(self, words: list[Word]) -> Committed:
+    def _committed(self, words: list[Word], *, utterance_end: bool = False) -> Committed:
         if not words:
             return Committed(None, None, "")
         text = self.asr.sep.join(w.text for w in words)
-        return Committed(words[0].start, words[-1].end, text, tuple(words))
+        return Committed(words[0].start, words[-1].end, text, tuple(words), utterance_end)
 
     # -- checkpointing -------------------------------------------------------------------------
 
@@ -266,12 +299,14 @@ class OnlineASRProcessor:
             "processed_end": self.processed_end,
             "hypothesis": self.transcript_buffer.snapshot(),
             "prompt": list(self.prompt_words),
+            "voice": self.voice.snapshot() if self.vac else None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a snapshot; then insert the audio from ``buffer_start`` on, as it came before."""
         try:
-            if state["v"] != SNAPSHOT_VERSION:
+            # version 1 has no voice state: the tracker starts again where the buffer starts
+            if state["v"] not in (1, SNAPSHOT_VERSION):
                 raise SnapshotError(f"snapshot version {state['v']} is not {SNAPSHOT_VERSION}")
             if int(state["sample_rate"]) != self.sample_rate:
                 raise SnapshotError(
@@ -282,6 +317,8 @@ class OnlineASRProcessor:
             self.processed_end = int(state["processed_end"])
             self.transcript_buffer.restore(state["hypothesis"])
             self.prompt_words = deque(str(w) for w in state["prompt"])
+            if self.vac and state.get("voice") is not None:
+                self.voice.restore(state["voice"])
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 #: Silero's window at 16 kHz.
 VAD_WINDOW = 512
 SPEECH_THRESHOLD = 0.5
+#: Samples of left context Silero takes with each window.
+CONTEXT = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,10 +40,26 @@ def has_speech(audio16k: np.ndarray, threshold: float = SPEECH_THRESHOLD) -> boo
     return bool(probs.size and float(probs.max()) >= threshold)
 
 
-def trailing_silence_sec(audio16k: np.ndarray, threshold: float = SPEECH_THRESHOLD) -> float:
-    """Seconds of non-speech at the end of the audio (the whole length when nothing is speech)."""
-    probs = speech_probabilities(audio16k)
-    voiced = np.nonzero(probs >= threshold)[0]
-    if voiced.size == 0:
-        return audio16k.shape[0] / 16000
-    return max(0.0, (audio16k.shape[0] - (int(voiced[-1]) + 1) * VAD_WINDOW) / 16000)
+@dataclass
+class SileroState:
+    """Silero's recurrent state between calls: LSTM ``h`` and ``c``, and the last 64 samples."""
+
+    h: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), dtype=np.float32))
+    c: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), dtype=np.float32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT, dtype=np.float32))
+
+
+def score_stream(audio16k: np.ndarray, state: SileroState) -> tuple[np.ndarray, SileroState]:
+    """Speech probability of each 512-sample window of ``audio16k``, continuing from ``state``.
+
+    Silero is recurrent: a window's score depends on every window before it. Carrying the
+    state from call to call gives the same scores (bit for bit) however the stream is split.
+    """
+    windows = audio16k.astype(np.float32, copy=False).reshape(-1, VAD_WINDOW)
+    if windows.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32), state
+    contexts = np.concatenate([state.context[None, :], windows[:-1, -CONTEXT:]], axis=0)
+    batch = np.ascontiguousarray(np.concatenate([contexts, windows], axis=1))
+    out, h, c = _silero().session.run(None, {"input": batch, "h": state.h, "c": state.c})
+    probs = np.asarray(out, dtype=np.float32).reshape(-1)
+    return probs, SileroState(np.asarray(h), np.asarray(c), windows[-1, -CONTEXT:].copy())

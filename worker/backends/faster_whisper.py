@@ -8,13 +8,13 @@ any other name or path resolves as faster-whisper resolves it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import ASRBase, ASRProcessor, Word
+from worker.asr.contracts import ASRBase, ASRProcessor, TranscribeRequest, Word
 from worker.asr.online import OnlineASRProcessor
 from worker.backends.model_cache import shared_model
 from worker.backends.offline_model import OFFLINE_MODEL_NAME, offline_base_available, offline_base_model_dir
@@ -61,7 +61,12 @@ def load_whisper_model(model: str, device: str, compute_type: str, model_dir: st
 
 
 class FasterWhisperASR(ASRBase):
-    """The guide's faster-whisper backend; words carry their leading space, so ``sep`` is empty."""
+    """The guide's faster-whisper backend; words carry their leading space, so ``sep`` is empty.
+
+    Requests go through :func:`~worker.backends.whisper_decode.decode_batch`: one window each,
+    batched across sessions. ``lan=auto`` and faster-whisper's own VAD filter take faster-whisper's
+    ``transcribe`` instead, one request at a time (they cut or probe the audio first).
+    """
 
     sep = ""
 
@@ -75,17 +80,19 @@ class FasterWhisperASR(ASRBase):
         device: str = "auto",
         compute_type: str = "auto",
         beam_size: int = 1,
+        final_beam_size: int | None = None,
         no_speech_threshold: float = 0.6,
-        batch_encoder: bool | None = None,
+        log_prob_threshold: float = -1.0,
         window_padding_sec: float | None = 5.0,
         **kwargs: Any,
     ) -> None:
-        self._batch_encoder = batch_encoder
         self.padding_frames = None if window_padding_sec is None else round(window_padding_sec * 100)
         self.device = device
         self.compute_type = compute_type
         self.beam_size = beam_size
+        self.final_beam_size = final_beam_size or beam_size
         self.no_speech_threshold = no_speech_threshold
+        self.log_prob_threshold = log_prob_threshold
         super().__init__(lan, modelsize, cache_dir, model_dir, **kwargs)
 
     def load_model(
@@ -93,18 +100,11 @@ class FasterWhisperASR(ASRBase):
     ) -> Any:
         return load_whisper_model(modelsize or "base", self.device, self.compute_type, model_dir, cache_dir)
 
-    @property
-    def batch_encoder(self) -> bool:
-        """Encode a batch's windows in one call: by default on a GPU only."""
-        if self._batch_encoder is not None:
-            return self._batch_encoder
-        return str(getattr(self.model.model, "device", "cpu")).startswith("cuda")
-
-    def _options(self, init_prompt: str) -> dict[str, Any]:
+    def _options(self, init_prompt: str, beam_size: int) -> dict[str, Any]:
         return {
             "language": self.original_language,
             "initial_prompt": init_prompt or None,
-            "beam_size": self.beam_size,
+            "beam_size": beam_size,
             "word_timestamps": True,
             "condition_on_previous_text": True,
             # one temperature: sampling fallbacks would make replays after a failover differ
@@ -112,39 +112,47 @@ class FasterWhisperASR(ASRBase):
             **self.transcribe_kargs,
         }
 
-    def _windowed(self) -> bool:
-        """Our own encoder pass applies: a set language and no faster-whisper VAD cutting."""
+    def _batched(self) -> bool:
+        """Our own decode applies: a set language and no faster-whisper VAD cutting."""
         return self.original_language is not None and not self.transcribe_kargs.get("vad_filter")
 
+    def batch_key(self) -> Hashable:
+        # beams travel with each request; the rest of the settings only filter results
+        return (FasterWhisperASR, id(self.model), self.original_language, self._task, self.padding_frames)
+
+    @property
+    def _task(self) -> str:
+        return str(self.transcribe_kargs.get("task", "transcribe"))
+
     def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[Any]:
-        if not self._windowed():
-            segments, _info = self.model.transcribe(audio, **self._options(init_prompt))
-            return list(segments)
-        return self.transcribe_batch([(audio, init_prompt)])[0]
+        return self.transcribe_requests([TranscribeRequest(audio, init_prompt)])[0]
 
     def transcribe_batch(self, items: Sequence[tuple[np.ndarray, str]]) -> list[Any]:
-        """The requests with fitted encoder windows; on a GPU, one encoder call per window size.
+        return self.transcribe_requests([TranscribeRequest(audio, prompt) for audio, prompt in items])
 
-        Falls back to faster-whisper's own transcribe, one request at a time, for language
-        detection (``lan=auto``) and for faster-whisper's VAD filter, which cut the audio first.
-        On the CPU, a batched encoder measured no faster (docs/benchmarks.md), so by default each
-        request is encoded alone there.
-        """
-        if not self._windowed():
-            return super().transcribe_batch(items)
-        from worker.backends.faster_whisper_batch import transcribe_windowed
+    def transcribe_requests(self, requests: Sequence[TranscribeRequest]) -> list[Any]:
+        if not self._batched():
+            out = []
+            for r in requests:
+                segments, _info = self.model.transcribe(r.audio, **self._options(r.init_prompt, self._beam(r)))
+                out.append(list(segments))
+            return out
+        from worker.backends.whisper_decode import DecodeOptions, DecodeRequest, decode_batch
 
-        return transcribe_windowed(
-            self.model,
-            [(audio, self._options(prompt)) for audio, prompt in items],
-            padding_frames=self.padding_frames,
-            batch=self.batch_encoder,
+        assert self.original_language is not None
+        options = DecodeOptions(self.original_language, self._task, self.padding_frames)
+        return decode_batch(
+            self.model, [DecodeRequest(r.audio, r.init_prompt, self._beam(r)) for r in requests], options
         )
+
+    def _beam(self, request: TranscribeRequest) -> int:
+        return self.final_beam_size if request.final else self.beam_size
 
     def ts_words(self, result: list[Any]) -> list[Word]:
         words: list[Word] = []
         for segment in result:
-            if segment.no_speech_prob > self.no_speech_threshold:
+            # faster-whisper's rule: silence is a likely no-speech token *and* an unlikely text
+            if segment.no_speech_prob > self.no_speech_threshold and segment.avg_logprob < self.log_prob_threshold:
                 continue
             for w in segment.words or ():
                 words.append(Word(w.start, w.end, w.word, w.probability))
@@ -169,8 +177,8 @@ class FasterWhisperLoader:
             device=config.device,
             compute_type=config.compute_type,
             beam_size=config.beam_size,
+            final_beam_size=config.final_beam_size,
             no_speech_threshold=config.no_speech_threshold,
-            batch_encoder=config.batch_encoder,
             window_padding_sec=config.window_padding_sec,
         )
         if config.task == "translate":

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,6 +245,10 @@ class SyntheticASR(ASRBase):
             for s, e, text in zip(starts.tolist(), ends.tolist(), texts, strict=True)
         )
         return SyntheticResult(words, tuple(w[1] for w in words))
+
+    def batch_key(self) -> Hashable:
+        # stateless: instances on the same sample grid answer alike
+        return (SyntheticASR, self.grid_rate)
 
     def ts_words(self, result: SyntheticResult) -> list[tuple[float, float, str]]:
         return list(result.words)

@@ -5,8 +5,9 @@
 * ``tail --group NAME --consumer NAME``: every session, as a member of a consumer group that
   acknowledges what it printed and resumes after a restart where it stopped.
 
-Lines read ``[00:01.20-00:03.40] ch0  text``; ``--json`` prints each event as one JSON object
-with its ``type`` and fields instead.
+Lines read ``[00:01.20-00:03.40] ch0  text``, with ``  //`` after a segment that ends an
+utterance; with ``--partials``, interim text reads ``[00:03.40-00:04.10] ch0 ~ text``.
+``--json`` prints each event as one JSON object with its ``type`` and fields instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from producer.common import add_connection_arguments
 from producer.consumer import TranscriptConsumer
 from worker.errors import ConfigError
-from worker.protocol.messages import ErrorEvent, Event, SegmentEvent, SessionEnded, SessionStarted
+from worker.protocol.messages import ErrorEvent, Event, PartialEvent, SegmentEvent, SessionEnded, SessionStarted
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", help="read every session as this consumer group (acknowledges, resumes)")
     p.add_argument("--consumer", help="this reader's name in --group (reuse it to resume)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument(
+        "--partials", action="store_true", help="with SESSION: also print interim hypotheses (partial events)"
+    )
     p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without an event")
     add_connection_arguments(p)
     p.set_defaults(run=run)
@@ -42,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a SESSION id, or --all, or --group NAME --consumer NAME (one of them)")
     if bool(args.group) != bool(args.consumer):
         raise ConfigError("--group and --consumer go together")
+    if args.partials and not args.session:
+        raise ConfigError("--partials follows one SESSION (partials stay in the session's own stream)")
     consumer = TranscriptConsumer(args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster)
     try:
         if args.session:
-            events = consumer.session_events(args.session, idle_timeout=args.idle_timeout)
+            events = consumer.session_events(args.session, idle_timeout=args.idle_timeout, partials=args.partials)
             ended = _print_all(((None, e) for e in events), args.json)
             return 0 if ended else 1
         if args.all:
@@ -81,7 +87,10 @@ def event_json(event: Event) -> str:
 def format_event(event: Event) -> str:
     """One readable line: a segment's time span, channel and text, or what happened."""
     if isinstance(event, SegmentEvent):
-        return f"[{clock(event.start)}-{clock(event.end)}] ch{event.channel}  {event.text}"
+        end = "  //" if event.utterance_end else ""
+        return f"[{clock(event.start)}-{clock(event.end)}] ch{event.channel}  {event.text}{end}"
+    if isinstance(event, PartialEvent):
+        return f"[{clock(event.start)}-{clock(event.end)}] ch{event.channel} ~ {event.text}"
     if isinstance(event, SessionStarted):
         return (
             f"-- session started: {event.channels} channel(s), {event.sample_rate} Hz {event.encoding}, "

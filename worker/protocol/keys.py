@@ -52,6 +52,10 @@ class Keyspace:
         """Stream of the session's transcript events."""
         return f"{self.prefix}:{{{sid}}}:out"
 
+    def session_partials(self, sid: str) -> str:
+        """Capped stream of the session's ``partial`` events: interim text, outside the exactly-once record."""
+        return f"{self.prefix}:{{{sid}}}:partials"
+
     def session_state(self, sid: str) -> str:
         """Hash: open message, epoch, owner, processor snapshot, input and output positions."""
         return f"{self.prefix}:{{{sid}}}:state"

@@ -4,7 +4,8 @@ Input (producers write them):
   * :class:`SessionOpen` in the session's state hash (field ``open``);
   * :class:`AudioChunk` and :class:`EndOfSession` in the session's input stream, field ``m``.
 Output (workers write them to the session's output stream and the shard's events stream):
-  * :class:`SegmentEvent`, :class:`SessionStarted`, :class:`SessionEnded`, :class:`ErrorEvent`.
+  * :class:`SegmentEvent`, :class:`SessionStarted`, :class:`SessionEnded`, :class:`ErrorEvent`;
+  * :class:`PartialEvent` in the session's capped partials stream (not numbered, not forwarded).
 
 Every payload is a msgpack map with ``v`` (the protocol version) and ``type``.
 """
@@ -83,6 +84,8 @@ class SessionOpen(Message):
     asr: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
+    #: Publish interim hypotheses as ``partial`` events (outside the exactly-once record).
+    partials: bool = True
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionOpen:
@@ -95,6 +98,8 @@ class SessionOpen(Message):
             asr=_require(obj, "asr", dict),
             metadata=_require(obj, "metadata", dict),
             created_at=_require(obj, "created_at", float),
+            # optional: opens written before partials existed have none
+            partials=_require(obj, "partials", bool) if "partials" in obj else True,
         )
         msg.validate()
         return msg
@@ -167,12 +172,35 @@ def input_entry_id(seq: int) -> str:
 
 @dataclass(frozen=True)
 class SegmentEvent(Message):
-    """Committed text of one channel; ``words`` are ``[start, end, word, probability]``."""
+    """Committed text of one channel; ``words`` are ``[start, end, word, probability]``.
+
+    ``utterance_end``: the segment closes a voiced stretch that at least 500 ms of silence
+    follows on this channel (the speaker stopped; Deepgram's ``speech_final``).
+    """
 
     TYPE: ClassVar[str] = "segment"
     session: str
     channel: int
     seq: int
+    start: float
+    end: float
+    text: str
+    words: list[list[Any]]
+    emitted_at: float
+    utterance_end: bool = False
+
+
+@dataclass(frozen=True)
+class PartialEvent(Message):
+    """The unconfirmed hypothesis of one channel after an iteration; it replaces the last one.
+
+    Outside the exactly-once record: no ``seq``, kept in a capped stream, and never a change to
+    what is committed. An empty ``text`` clears the previous partial (everything was committed).
+    """
+
+    TYPE: ClassVar[str] = "partial"
+    session: str
+    channel: int
     start: float
     end: float
     text: str
@@ -218,9 +246,9 @@ class ErrorEvent(Message):
     emitted_at: float
 
 
-Event = SegmentEvent | SessionStarted | SessionEnded | ErrorEvent
+Event = SegmentEvent | SessionStarted | SessionEnded | ErrorEvent | PartialEvent
 EVENT_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (SegmentEvent, SessionStarted, SessionEnded, ErrorEvent)
+    cls.TYPE: cls for cls in (SegmentEvent, SessionStarted, SessionEnded, ErrorEvent, PartialEvent)
 }
 
 

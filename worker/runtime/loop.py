@@ -24,6 +24,7 @@ from worker.runtime.acquire import SessionFactory
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.connection import connect
 from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
+from worker.runtime.partials import PartialPublisher
 from worker.runtime.session import LiveSession, PlannedCall
 from worker.settings import WorkerSettings
 
@@ -46,6 +47,7 @@ class Worker:
         self.committer = Committer(
             self.client, self.keys, self.scripts, int(settings.retention_sec * 1000), settings.events_maxlen
         )
+        self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.sessions: dict[str, LiveSession] = {}
         self.health = LoopHeartbeat(settings.loop_stall_limit_sec)
         self._lost: set[tuple[int, str]] = set()
@@ -245,7 +247,7 @@ class Worker:
             audio_sec = sum(c.request.audio.shape[0] for c in group) / 16000
             started = time.perf_counter()
             try:
-                results = asr.transcribe_batch([(c.request.audio, c.request.init_prompt) for c in group])
+                results = asr.transcribe_requests([c.request for c in group])
             except Exception:
                 log.exception("transcribe_batch failed for %d session(s); trying each alone", len(group))
                 results = [self._transcribe_alone(c) for c in group]
@@ -259,7 +261,7 @@ class Worker:
     def _transcribe_alone(self, call: PlannedCall) -> Any:
         """One request on its own, so that one bad input cannot end every session of a batch."""
         try:
-            return call.processor.asr.transcribe(call.request.audio, init_prompt=call.request.init_prompt)
+            return call.processor.asr.transcribe_requests([call.request])[0]
         except Exception as e:
             log.exception("session %s: transcribe failed", call.session.session_id)
             call.session.fail("backend_error", f"the ASR backend failed: {e}")
@@ -289,6 +291,8 @@ class Worker:
                         self.leases.release(s.lease.shard, s.lease.entry_id)
                 self.committer.behind.discard(s.session_id)  # the new owner copies them
         self.committer.forward(forwards)
+        # after the commit, so a partial never shows text before the commit that precedes it
+        self.partials.publish([o.session for o in outcomes if o.result == OK])
         return len(outcomes)
 
     def _finish_ended(self) -> None:
@@ -344,13 +348,5 @@ def _reason_label(reason: str | None) -> str:
 
 
 def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
-    """Calls batch together only when any of their backends would answer each the same.
-
-    One backend instance answers the whole batch, so they must share its class, its model and
-    every setting it holds (language, beam, decoding options, and backend-specific ones such as
-    the synthetic backend's sample grid, which differs between 8 and 16 kHz sessions). Comparing
-    all instance attributes but the model keeps that true for backends this module never saw.
-    """
-    asr = call.processor.asr
-    settings = tuple(sorted((k, repr(v)) for k, v in vars(asr).items() if k != "model"))
-    return (type(asr), id(getattr(asr, "model", asr)), settings)
+    """Calls batch together only when their backends say one call answers each the same."""
+    return (type(call.processor.asr), call.processor.asr.batch_key())

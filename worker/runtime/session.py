@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from worker.asr.audio import resample
-from worker.asr.contracts import ASRProcessor, BatchableProcessor, Committed, TranscribeRequest
+from worker.asr.contracts import ASRProcessor, BatchableProcessor, Committed, InterimProcessor, TranscribeRequest
 from worker.errors import SnapshotError
 from worker.protocol.messages import (
     DeadLetter,
     ErrorEvent,
     Message,
+    PartialEvent,
     SegmentEvent,
     SessionEnded,
     SessionOpen,
@@ -40,6 +41,7 @@ from worker.protocol.messages import (
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
 from worker.runtime.connection import text
+from worker.runtime.partials import partial_event
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,9 @@ class LiveSession:
         self.end_reason = "completed"
         self._unread_entries = 0
         self._chunk_frames = 0
+        #: partials waiting for the commit of their iteration, and the text last published
+        self.partials: dict[int, PartialEvent] = {}
+        self._published_partials: dict[int, str] = {}
 
     @property
     def session_id(self) -> str:
@@ -297,6 +302,7 @@ class LiveSession:
         )
 
     def _take_committed(self, channel: int, committed: Committed) -> None:
+        self._note_partial(channel)
         spoken = (committed.text or "").strip()
         if committed.start is None or committed.end is None or not spoken:
             return
@@ -305,11 +311,34 @@ class LiveSession:
             for w in committed.words
         ]
         event = SegmentEvent(
-            self.session_id, channel, 0, round(committed.start, 3), round(committed.end, 3), spoken, words, time.time()
+            self.session_id,
+            channel,
+            0,
+            round(committed.start, 3),
+            round(committed.end, 3),
+            spoken,
+            words,
+            time.time(),
+            committed.utterance_end,
         )
         self._record(event)
         self.totals.segments += 1
         self.totals.words += len(words)
+
+    def _note_partial(self, channel: int) -> None:
+        """After a step of ``channel``: its unconfirmed hypothesis, if it changed, for publishing."""
+        proc = self.processors[channel]
+        if not self.opened.partials or not isinstance(proc, InterimProcessor):
+            return
+        partial = partial_event(self.session_id, channel, proc.partial())
+        if partial.text != self._published_partials.get(channel, ""):
+            self._published_partials[channel] = partial.text
+            self.partials[channel] = partial
+
+    def take_partials(self) -> list[PartialEvent]:
+        """The partials to publish after this iteration's commit (the latest per channel)."""
+        out, self.partials = list(self.partials.values()), {}
+        return out
 
     def _emit_error(self, code: str, message: str, *, fatal: bool) -> None:
         self.totals.errors += 1

@@ -1,0 +1,378 @@
+"""Long-call evaluation: streaming against offline faster-whisper on synthetic two-party calls.
+
+    python -m benchmarks.long_calls                          # ci subset, all sets, the defaults
+    python -m benchmarks.long_calls --subset full --sets mix --json full-mix.json
+    python -m benchmarks.long_calls --beam-size 5 --min-chunk-size 1.0 --set buffer_trimming_sec=10
+
+For each set (``mix``: the 16 kHz mix; ``ulaw``: the 8 kHz μ-law mix, streamed at 8 kHz with
+``input_sample_rate=8000``; ``stereo``: each channel streamed on its own and scored against its
+channel's reference) it prints:
+
+* offline WER: plain faster-whisper on the whole file, beam 5, VAD off, same model. Cached per
+  (file, channel, model, settings, faster-whisper version): it does not change with the
+  streaming code;
+* streaming WER with the given ASRConfig (the defaults unless overridden), 100 ms chunks fed
+  back to back and processed whenever the processor is due, as the worker drives it
+  (``unaware``: the audio time does not depend on speed);
+* the difference and its 95 % bootstrap interval over calls (2000 resamples, seed 0);
+* commit lag per committed word: the audio time at which it was committed minus its end;
+* RTF: processing seconds over audio seconds on this CPU, model loading excluded.
+
+WER is pooled over the calls after Whisper's English normaliser (``benchmarks.corpus``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.call_scoring import (
+    REGIONS,
+    Score,
+    TimedText,
+    bootstrap_difference,
+    percentile,
+    pooled,
+    region_scores,
+    score,
+    turn_changes,
+)
+from benchmarks.calls import Call, build_calls, default_cache_dir
+from benchmarks.simulate_rtf import machine
+from worker.asr.audio import decode_file
+from worker.asr.config import ASRConfig
+from worker.asr.contracts import StreamingProcessor
+from worker.backends.registry import load_processor
+
+SETS = ("mix", "ulaw", "stereo")
+OFFLINE_BEAM = 5
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One audio stream to score: a call's file, at the rate the processor gets it."""
+
+    row: str  # mix, ulaw, stereo.ch0, stereo.ch1
+    call: Call
+    path: Path
+    rate: int
+    channel: int | None
+    reference: str
+
+    def audio(self, rate: int) -> np.ndarray:
+        if self.channel is None:
+            return decode_file(self.path, rate)
+        return decode_file(self.path, rate, split_channels=True)[self.channel]
+
+    def phrases(self) -> list[TimedText]:
+        return [TimedText(p.start, p.end, p.text) for p in self.call.phrases if self.channel in (None, p.speaker)]
+
+
+@dataclass
+class StreamResult:
+    row: str
+    call: str
+    seconds: float
+    reference: str
+    streaming: str
+    offline: str
+    streaming_score: Score
+    offline_score: Score
+    busy: float
+    offline_busy: float
+    lags: list[float] = field(repr=False)
+    regions: dict[str, dict[str, Score]] = field(default_factory=dict)
+
+
+def streams_of(call: Call, sets: list[str]) -> list[Stream]:
+    out = []
+    if "mix" in sets:
+        out.append(Stream("mix", call, call.mix16k, 16000, None, call.reference))
+    if "ulaw" in sets:
+        out.append(Stream("ulaw", call, call.ulaw8k, 8000, None, call.reference))
+    if "stereo" in sets:
+        for ch in (0, 1):
+            out.append(Stream(f"stereo.ch{ch}", call, call.stereo16k, 16000, ch, call.channel_references[ch]))
+    return out
+
+
+def run_streaming(
+    config: ASRConfig, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
+) -> tuple[str, list[float], float]:
+    """Feed ``audio`` as the worker gets it and collect (text, per-word lags, busy seconds).
+
+    Chunks of ``chunk_sec`` (a producer's frames: 100 ms by default) go in back to back, and
+    after each the processor runs while it is due, exactly as the worker's loop drives it
+    (``min_chunk_size`` of new audio, or a pause the voice tracker heard). A word's lag is its
+    own: the audio fed when it was committed minus its end. Unaware of compute time, so the
+    figures do not depend on the machine's speed.
+    """
+    processor, _meta = load_processor(config)
+    step = max(1, round(chunk_sec * rate))
+    texts: list[str] = []
+    lags: list[float] = []
+
+    def take(committed: Any, emit: float) -> None:
+        if not committed.text.strip():
+            return
+        texts.append(committed.text.strip())
+        if committed.words:
+            lags.extend(emit - w.end for w in committed.words)
+        elif committed.end is not None:  # a backend without words: the segment's lag for each word
+            lags.extend([emit - committed.end] * len(committed.text.split()))
+
+    due = processor.is_due if isinstance(processor, StreamingProcessor) else (lambda: True)
+    started = time.perf_counter()
+    for fed in range(0, audio.shape[0], step):
+        processor.insert_audio_chunk(audio[fed : fed + step])
+        while due():
+            take(processor.process_iter(), min(audio.shape[0], fed + step) / rate)
+    take(processor.finish(), audio.shape[0] / rate)
+    return " ".join(texts), lags, time.perf_counter() - started
+
+
+def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, float]:
+    """Plain faster-whisper on the whole file (beam 5, no VAD, no word timestamps), cached."""
+    import faster_whisper
+
+    from worker.backends.faster_whisper import load_whisper_model
+
+    settings = {
+        "model": config.model,
+        "model_dir": config.model_dir,
+        "device": config.device,
+        "compute_type": config.compute_type,
+        "language": None if config.lan == "auto" else config.lan,
+        "task": config.task,
+        "beam_size": OFFLINE_BEAM,
+        "faster_whisper": faster_whisper.__version__,
+        "file": hashlib.sha256(stream.path.read_bytes()).hexdigest(),
+        "channel": stream.channel,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"{key}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        return cached["text"], cached["busy"]
+    model = load_whisper_model(config.model, config.device, config.compute_type, config.model_dir, config.cache_dir)
+    # faster-whisper decodes a file to 16 kHz with PyAV's resampler; decode_file does the same
+    audio = stream.audio(16000)
+    started = time.perf_counter()
+    segments, _info = model.transcribe(
+        audio,
+        language=settings["language"],
+        task=config.task,
+        beam_size=OFFLINE_BEAM,
+        vad_filter=False,
+        word_timestamps=False,
+    )
+    text = "".join(s.text for s in segments).strip()
+    busy = time.perf_counter() - started
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "text": text, "busy": busy}, indent=1) + "\n")
+    return text, busy
+
+
+def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path) -> StreamResult:
+    stream_config = config.replace(input_sample_rate=stream.rate) if stream.rate != 16000 else config
+    text, lags, busy = run_streaming(stream_config, stream.audio(stream.rate), stream.rate)
+    offline, offline_busy = run_offline(config, stream, offline_cache)
+    phrases = stream.phrases()
+    changes = turn_changes([(t.speaker, t.start, t.end) for t in stream.call.turns])
+    seconds = stream.call.seconds
+    return StreamResult(
+        row=stream.row,
+        call=stream.call.name,
+        seconds=seconds,
+        reference=stream.reference,
+        streaming=text,
+        offline=offline,
+        streaming_score=score(stream.reference, text),
+        offline_score=score(stream.reference, offline),
+        busy=busy,
+        offline_busy=offline_busy,
+        lags=lags,
+        regions={
+            "streaming": region_scores(phrases, text, seconds, changes),
+            "offline": region_scores(phrases, offline, seconds, changes),
+        },
+    )
+
+
+def summarise(results: list[StreamResult]) -> dict[str, Any]:
+    """Pooled figures of one row (set), with the bootstrap over its calls."""
+    s, o = pooled([r.streaming_score for r in results]), pooled([r.offline_score for r in results])
+    lo, hi = bootstrap_difference([r.streaming_score for r in results], [r.offline_score for r in results])
+    lags = [lag for r in results for lag in r.lags]
+    audio = sum(r.seconds for r in results)
+    regions = {
+        kind: {name: asdict(pooled([r.regions[kind][name] for r in results])) for name in REGIONS}
+        for kind in ("streaming", "offline")
+    }
+    return {
+        "calls": len(results),
+        "audio_sec": round(audio, 2),
+        "reference_words": s.words,
+        "offline_wer": o.wer,
+        "streaming_wer": s.wer,
+        "difference": s.wer - o.wer,
+        "difference_ci95": [lo, hi],
+        "lag_p50": percentile(lags, 50),
+        "lag_p95": percentile(lags, 95),
+        "committed_words": len(lags),
+        "rtf": sum(r.busy for r in results) / audio,
+        "offline_rtf": sum(r.offline_busy for r in results) / audio,
+        "regions": regions,
+    }
+
+
+def print_table(summaries: dict[str, dict[str, Any]]) -> None:
+    def pct(x: float) -> str:
+        return f"{x * 100:.2f}%"
+
+    def sec(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}s"
+
+    print(
+        f"{'set':11s} {'calls':>5s} {'audio':>7s} {'words':>6s} {'offline':>8s} {'stream':>8s} "
+        f"{'diff [95% CI]':>24s} {'lag p50':>8s} {'p95':>6s} {'RTF':>6s} {'off.RTF':>7s}"
+    )
+    for row, m in summaries.items():
+        lo, hi = m["difference_ci95"]
+        diff = f"{m['difference'] * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]"
+        print(
+            f"{row:11s} {m['calls']:5d} {m['audio_sec'] / 60:6.1f}m {m['reference_words']:6d} "
+            f"{pct(m['offline_wer']):>8s} {pct(m['streaming_wer']):>8s} {diff:>24s} "
+            f"{sec(m['lag_p50']):>8s} {sec(m['lag_p95']):>6s} {m['rtf']:6.3f} {m['offline_rtf']:7.3f}"
+        )
+    print("errors by region, streaming WER (offline WER) and reference words, approximate:")
+    for row, m in summaries.items():
+        cells = []
+        for name in REGIONS:
+            s, o = Score(**m["regions"]["streaming"][name]), Score(**m["regions"]["offline"][name])
+            cells.append(f"{name}: {pct(s.wer)} ({pct(o.wer)}) n={s.words}")
+        print(f"  {row:11s} " + "; ".join(cells))
+
+
+def source_version() -> str:
+    """The checkout's commit, with "+dirty" when the working tree has changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return (head.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values: none/null, true/false, numbers, otherwise the string."""
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def config_from(args: argparse.Namespace) -> ASRConfig:
+    values: dict[str, Any] = {"model": args.model}
+    for name in ("beam_size", "min_chunk_size", "vad", "buffer_trimming_sec"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.window_padding_sec is not None:
+        values["window_padding_sec"] = parse_value(args.window_padding_sec)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants key=value, got {item!r}")
+        values[key.strip()] = parse_value(value.strip())
+    return ASRConfig.parse(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subset", choices=["smoke", "ci", "full"], default="ci")
+    p.add_argument("--sets", default=",".join(SETS), help="comma-separated: mix, ulaw, stereo")
+    p.add_argument("--calls", type=int, default=None, help="only the first N calls of the subset")
+    p.add_argument("--json", type=Path, default=None, help="write every figure and hypothesis here")
+    p.add_argument("--cache-dir", type=Path, default=None, help="generated calls and offline results")
+    p.add_argument("--model", default="base")
+    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument("--min-chunk-size", type=float, default=None)
+    p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--buffer-trimming-sec", type=float, default=None)
+    p.add_argument("--window-padding-sec", default=None, help="seconds, or 'none' for Whisper's 30 s window")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any ASRConfig field")
+    args = p.parse_args(argv)
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if unknown := set(sets) - set(SETS):
+        raise SystemExit(f"unknown set(s) {', '.join(sorted(unknown))}: choose from {', '.join(SETS)}")
+    config = config_from(args)
+
+    started = time.perf_counter()
+    calls = build_calls(args.subset, args.cache_dir)[: args.calls]
+    root = args.cache_dir or default_cache_dir()
+    built = time.perf_counter() - started
+    words = sum(len(c.reference.split()) for c in calls)
+    print(f"machine: {machine()}")
+    # every field, not just the overrides: the defaults move as the processor is tuned
+    print("config: " + " ".join(f"{k}={v}" for k, v in config.model_dump().items()))
+    print(f"source: {source_version()}")
+    print(
+        f"subset {args.subset}: {len(calls)} calls, {sum(c.seconds for c in calls) / 60:.1f} min, "
+        f"{words} reference words (built or loaded in {built:.1f} s)",
+        flush=True,
+    )
+    load_processor(config)  # load the model once, outside the timing
+
+    results: list[StreamResult] = []
+    for call in calls:
+        for stream in streams_of(call, sets):
+            r = evaluate(stream, config, root / "offline")
+            results.append(r)
+            print(
+                f"  {r.call:12s} {r.row:11s} offline {r.offline_score.wer * 100:6.2f}% "
+                f"streaming {r.streaming_score.wer * 100:6.2f}% RTF {r.busy / r.seconds:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = list(dict.fromkeys(r.row for r in results))
+    summaries = {row: summarise([r for r in results if r.row == row]) for row in rows}
+    print_table(summaries)
+    if args.json:
+        report = {
+            "machine": machine(),
+            "source": source_version(),
+            "config": config.model_dump(),
+            "subset": args.subset,
+            "offline": {"beam_size": OFFLINE_BEAM, "vad_filter": False, "word_timestamps": False},
+            "sets": summaries,
+            "streams": [
+                {**{k: v for k, v in asdict(r).items() if k not in ("lags", "regions")}, "lags": r.lags}
+                for r in results
+            ],
+        }
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Utterance-bounded buffers (``vac``): the processor's steps when the voice tracker leads.
+
+Mixed into :class:`~worker.asr.online.OnlineASRProcessor`, whose state it shares; see that
+module's docstring for the policy. Three kinds of processing point, all from the voice tracker,
+so all a function of the input:
+
+* **utterance end**: the voice paused for ``VAC_SILENCE_SEC``. Decode the stretch with the
+  pause after it (beam ``final_beam_size``), commit the whole hypothesis marked
+  ``utterance_end``, and cut the buffer in the pause;
+* **short pause**: ``PHRASE_PAUSE_SEC`` of silence inside a stretch. Decode the buffer, commit all
+  but the last word, keep the buffer: the words before a pause have all the context they get,
+  and committing them now saves a chunk of latency;
+* **chunk**: ``min_chunk_sec`` of new audio in a stretch. LocalAgreement-2, plus words of a
+  single hypothesis that the model is sure of and that lie well inside the audio.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from worker.asr.audio import resample
+from worker.asr.contracts import Committed, TranscribeRequest
+
+if TYPE_CHECKING:
+    from worker.asr.online import OnlineASRProcessor
+
+#: With ``vac``, this much silence after speech ends a voiced stretch and commits its tail (500 ms,
+#: as whisper_streaming's voice activity controller).
+VAC_SILENCE_SEC = 0.5
+#: With ``vac``, a stretch keeps this much audio before its first voiced window (onsets are soft).
+VAC_PRE_ROLL_SEC = 0.2
+#: With ``vac``, the decode at a pause sees at most this much of the pause after the speech.
+VAC_TAIL_SEC = 0.5
+#: With ``vac``, a word of a single hypothesis commits when it ends this far before the buffer's
+#: end with at least this probability (see :meth:`HypothesisBuffer.flush`).
+CONFIDENT_MARGIN_SEC = float(os.environ.get("SS_MARGIN", "0.6"))
+CONFIDENT_PROBABILITY = float(os.environ.get("SS_PROB", "0.85"))
+#: With ``vac``, a pause this long inside a stretch commits the words before it (all but the last).
+PHRASE_PAUSE_SEC = float(os.environ.get("SS_PHRASE", "0.3"))
+#: With ``vac``, a stretch is decoded within its length only once this much of it is voiced.
+VAC_MIN_VOICED_SEC = 1.0
+
+
+class UtteranceBuffering:
+    """The ``vac`` steps of :class:`~worker.asr.online.OnlineASRProcessor`."""
+
+    def _prepare_utterance(self: OnlineASRProcessor) -> TranscribeRequest | None:
+        self._pending = None
+        self._pending_final = False
+        self._pending_phrase = False
+        current = self.voice.current()
+        if current is None:
+            return None
+        start, end = current
+        if self.voice.pause_after_current():
+            self._pending_final = True
+            if end <= self.voice.state.phrase_mark and self.transcript_buffer.buffer:
+                # the short pause before this one decoded the whole stretch already: nothing new
+                # was said since, so that hypothesis closes the stretch without another decode
+                return None
+            self._pending = self._final_request(end + round(VAC_TAIL_SEC * self.sample_rate))
+            return self._pending
+        if self.voice.short_pause(PHRASE_PAUSE_SEC):
+            self._pending_phrase = True
+            self._pending = self._final_request(self.buffer_end)
+            return self._pending
+        if (end - max(start, self.buffer_start)) / self.sample_rate < VAC_MIN_VOICED_SEC:
+            return None
+        self._pending = TranscribeRequest(resample(self.audio_buffer, self.sample_rate), self.prompt())
+        return self._pending
+
+    def _final_request(self: OnlineASRProcessor, upto: int) -> TranscribeRequest:
+        """The decode of the buffer up to ``upto`` (absolute samples) that closes a stretch."""
+        upto = min(max(upto, self.buffer_start), self.buffer_end)
+        audio = self.audio_buffer[: upto - self.buffer_start]
+        return TranscribeRequest(resample(audio, self.sample_rate), self.prompt(), final=True)
+
+    def _complete_utterance(self: OnlineASRProcessor, result: Any) -> Committed:
+        request, self._pending = self._pending, None
+        final, self._pending_final = self._pending_final, False
+        phrase, self._pending_phrase = self._pending_phrase, False
+        self.processed_end = self.buffer_end
+        current = self.voice.current()
+        if final and current is not None:
+            return self._complete_final(result if request is not None else None, current[1])
+        if request is None:
+            if not self.voice.voiced:
+                self._drop_before_voice()
+            return self._committed([])
+        if phrase:
+            return self._complete_phrase(result)
+        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        committed = self.transcript_buffer.flush(
+            self.buffer_end / self.sample_rate - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY
+        )
+        # the voice tracker says the stretch goes on, so an empty hypothesis is no reason to drop it
+        committed += self._trim_after_iteration(result, bool(committed), drop_unvoiced=False)
+        return self._committed(committed)
+
+    def _complete_phrase(self: OnlineASRProcessor, result: Any) -> Committed:
+        """A short pause: commit all but the hypothesis's last word, which the pause may still close.
+
+        The buffer is not cut (the turn may go on, and its words need the context). The last word
+        waits: if the pause grows into an utterance end, it is committed then and carries the
+        marker; if the speaker goes on, LocalAgreement settles it.
+        """
+        self.voice.mark_phrase()
+        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        committed = self.transcript_buffer.flush()
+        committed += self.transcript_buffer.force_commit(keep_last=1)
+        return self._committed(committed)
+
+    def _complete_final(self: OnlineASRProcessor, result: Any | None, speech_end: int) -> Committed:
+        """Commit the whole hypothesis of the stretch that ends at ``speech_end``; cut the pause.
+
+        ``result`` is ``None`` when the hypothesis of the short pause before is still current.
+        """
+        if result is not None:
+            self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        committed = self.transcript_buffer.flush() if result is not None else []
+        committed += self.transcript_buffer.force_commit()
+        self.voice.cut_current()
+        # cut in the pause (after any word the alignment stretched into it), keeping the
+        # pre-roll of a stretch that already started in the pause
+        cut = max(speech_end + round(VAC_PRE_ROLL_SEC * self.sample_rate) // 2, self._last_committed_sample())
+        following = self.voice.current()
+        if following is not None:
+            cut = min(cut, following[0] - round(VAC_PRE_ROLL_SEC * self.sample_rate))
+        self._trim_to(max(cut, self.buffer_start) / self.sample_rate)
+        if not self.voice.voiced:
+            self._drop_before_voice()
+        return self._committed(committed, utterance_end=bool(committed))
+
+    def _drop_before_voice(self: OnlineASRProcessor) -> None:
+        """No speech since the last cut: keep only the pre-roll that a starting word may need."""
+        keep_from = self.buffer_end - round(VAC_PRE_ROLL_SEC * self.sample_rate)
+        cut = max(keep_from, self._last_committed_sample())
+        if cut > self.buffer_start:
+            self._trim_to(cut / self.sample_rate)
+
+    def _last_committed_sample(self: OnlineASRProcessor) -> int:
+        return round(self.transcript_buffer.last_committed_time * self.sample_rate)

@@ -1,0 +1,299 @@
+"""One batched Whisper pass for many streaming requests: features, encode, generate, align.
+
+faster-whisper's ``transcribe`` handles one long recording: it pads each window to 30 s,
+decodes it, drops an unfinished last segment and encodes a second window from there. A
+streaming buffer is short (the processor keeps it under 28 s, and with ``vac`` one utterance
+long), so here every request is one window, and the whole batch goes through four stages:
+
+1. **features**: log-mel of each request (numpy);
+2. **encode**: the window is the buffer plus ``padding_frames`` of silence, rounded up to 5 s
+   (at most 30 s); requests with the same window share one CTranslate2 encoder call, whose
+   output stays where the model runs (no host round trip on a GPU);
+3. **generate**: one CTranslate2 ``generate`` per (window, beam) bucket, each request with its
+   own prompt, returning scores and no-speech probabilities. Tokens after the last timestamp are
+   kept as a final segment (faster-whisper drops them and decodes again from there, which costs
+   a 30 s encode and loses the words at the end of a buffer). A request whose text repeats
+   itself (compression ratio above 2.4) is decoded again with beam 5, deterministically;
+4. **align**: one ``align`` per bucket gives the word timestamps.
+
+A request's window, prompt and beam depend only on the request, never on its batch-mates, so
+its words are the same alone or batched up to floating-point noise of batched kernels (what a
+replay after a failover may differ in).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
+WINDOW_QUANTUM = 500
+FULL_WINDOW = 3000
+#: Seconds per timestamp token, and per mel frame.
+TIME_PRECISION = 0.02
+FRAME_SEC = 0.01
+#: Above this gzip compression ratio a decode is a repetition loop (Whisper's own threshold).
+COMPRESSION_RATIO_LIMIT = 2.4
+#: The beam of the retry of a repetitive decode.
+RETRY_BEAM = 5
+#: Token budget per second of audio: fast speech is ~4 text tokens/s plus timestamps; a
+#: decode past this is looping, and capping it bounds the cost of a bad window.
+TOKENS_PER_SEC = 12
+MIN_NEW_TOKENS = 24
+#: Tokens of previous text in a prompt (the processor gives ~200 characters, ~45 tokens).
+PROMPT_TOKENS = 48
+_SENTENCE_MARKS = ".。!！?？"
+_PREPEND = "\"'“¿([{-"
+_APPEND = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One window to transcribe: 16 kHz audio, the prompt text, and its beam."""
+
+    audio: np.ndarray
+    prompt: str
+    beam_size: int
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Options shared by every request of a batch (the backend's settings)."""
+
+    language: str
+    task: str = "transcribe"
+    padding_frames: int | None = 500
+
+
+def encoder_window(content_frames: int, padding_frames: int | None) -> int:
+    """Mel frames the encoder sees for ``content_frames`` of audio (``None``: Whisper's full 30 s)."""
+    if padding_frames is None:
+        return FULL_WINDOW
+    needed = content_frames + padding_frames
+    return min(FULL_WINDOW, -(-needed // WINDOW_QUANTUM) * WINDOW_QUANTUM)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer(model: Any, task: str, language: str) -> Any:
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=task, language=language)
+
+
+@functools.lru_cache(maxsize=64)
+def _suppressed(model: Any, task: str, language: str) -> tuple[int, ...]:
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    return tuple(get_suppressed_tokens(_tokenizer(model, task, language), [-1]))
+
+
+@dataclass
+class _Prepared:
+    features: np.ndarray
+    content: int
+    window: int
+    prompt: list[int]
+
+
+def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
+    """faster-whisper ``Segment`` lists (with words) for each request, in order."""
+    tokenizer = _tokenizer(model, options.task, options.language)
+    prepared = [_prepare(model, tokenizer, r, options) for r in requests]
+    # CTranslate2 wants the start-of-transcript token at one position across a batch, so prompt
+    # lengths bucket too; prompts are cut to PROMPT_TOKENS, so past a call's first sentences
+    # they are all that long and batch together
+    buckets: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    for i, (p, r) in enumerate(zip(prepared, requests, strict=True)):
+        buckets[(p.window, r.beam_size, len(p.prompt))].append(i)
+    results: list[list[Any]] = [[] for _ in requests]
+    for (window, beam, _prompt_length), members in buckets.items():
+        encoded = _encode(model, [prepared[i] for i in members], window)
+        decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
+        retry = [
+            k for k, d in enumerate(decoded) if d.compression_ratio > COMPRESSION_RATIO_LIMIT and beam < RETRY_BEAM
+        ]
+        if retry:
+            # a repetition loop: beam search usually escapes it; same request, same answer
+            again = _generate(
+                model, tokenizer, _select(encoded, retry), [prepared[members[k]] for k in retry], RETRY_BEAM, options
+            )
+            for k, d in zip(retry, again, strict=True):
+                decoded[k] = d
+        words = _align(model, tokenizer, encoded, [prepared[i] for i in members], decoded)
+        for k, i in enumerate(members):
+            results[i] = _segments(tokenizer, decoded[k], words[k], prepared[i].content * FRAME_SEC)
+    return results
+
+
+# -- stages ----------------------------------------------------------------------------------
+
+
+def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: DecodeOptions) -> _Prepared:
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(request.audio)
+    # as faster-whisper's first window: the content excludes the last frame
+    content = max(1, min(FULL_WINDOW, features.shape[-1] - 1))
+    window = encoder_window(content, options.padding_frames)
+    prompt: list[int] = []
+    if request.prompt.strip():
+        previous = tokenizer.encode(" " + request.prompt.strip())
+        prompt = [tokenizer.sot_prev, *previous[-PROMPT_TOKENS:]]
+    prompt.extend(tokenizer.sot_sequence)
+    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt)
+
+
+def _encode(model: Any, prepared: list[_Prepared], window: int) -> Any:
+    import ctranslate2
+
+    batch = np.ascontiguousarray(np.stack([p.features for p in prepared]).astype(np.float32))
+    assert batch.shape[-1] == window
+    # kept on the model's device: generate and align read it from there
+    return model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+
+
+def _select(encoded: Any, rows: list[int]) -> Any:
+    """Rows of an encoder output, as a new batch (for the few requests decoded again)."""
+    import ctranslate2
+
+    if str(getattr(encoded, "device", "cpu")) != "cpu":
+        import torch
+
+        tensor = torch.as_tensor(encoded, device=encoded.device)
+        return ctranslate2.StorageView.from_array(tensor[rows].contiguous())
+    array = np.asarray(encoded)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[rows]))
+
+
+@dataclass
+class _Decoded:
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+
+
+def _generate(
+    model: Any, tokenizer: Any, encoded: Any, prepared: list[_Prepared], beam: int, options: DecodeOptions
+) -> list[_Decoded]:
+    longest_prompt = max(len(p.prompt) for p in prepared)
+    longest_content = max(p.content for p in prepared) * FRAME_SEC
+    budget = max(MIN_NEW_TOKENS, round(longest_content * TOKENS_PER_SEC))
+    results = model.model.generate(
+        encoded,
+        [p.prompt for p in prepared],
+        beam_size=beam,
+        max_length=min(model.max_length, longest_prompt + budget),
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=True,
+        suppress_tokens=list(_suppressed(model, options.task, options.language)),
+        max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
+    )
+    decoded = []
+    for result in results:
+        tokens = list(result.sequences_ids[0])
+        # faster-whisper's average log-probability (length penalty 1)
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
+        decoded.append(_Decoded(tokens, avg_logprob, result.no_speech_prob, _compression_ratio(text)))
+    return decoded
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _align(
+    model: Any, tokenizer: Any, encoded: Any, prepared: list[_Prepared], decoded: list[_Decoded]
+) -> list[list[dict[str, Any]]]:
+    """Word timings of each decode (faster-whisper's ``find_alignment``, batched)."""
+    from faster_whisper.transcribe import merge_punctuations
+
+    text_tokens = [[t for t in d.tokens if t < tokenizer.eot] for d in decoded]
+    todo = [k for k, tokens in enumerate(text_tokens) if tokens]
+    words: list[list[dict[str, Any]]] = [[] for _ in decoded]
+    if not todo:
+        return words
+    source = encoded if len(todo) == len(decoded) else _select(encoded, todo)
+    aligned = model.find_alignment(
+        tokenizer, [text_tokens[k] for k in todo], source, [prepared[k].content for k in todo]
+    )
+    for k, alignment in zip(todo, aligned, strict=True):
+        _clip_long_words(alignment)
+        merge_punctuations(alignment, _PREPEND, _APPEND)
+        words[k] = [w for w in alignment if w["word"]]
+    return words
+
+
+def _clip_long_words(alignment: list[dict[str, Any]]) -> None:
+    """A word at a sentence boundary is at most twice the median word (faster-whisper's rule)."""
+    durations = np.array([w["end"] - w["start"] for w in alignment])
+    durations = durations[durations.nonzero()]
+    if durations.size == 0:
+        return
+    max_duration = 2 * min(0.7, float(np.median(durations)))
+    for i in range(1, len(alignment)):
+        if alignment[i]["end"] - alignment[i]["start"] > max_duration:
+            if alignment[i]["word"] in _SENTENCE_MARKS:
+                alignment[i]["end"] = alignment[i]["start"] + max_duration
+            elif alignment[i - 1]["word"] in _SENTENCE_MARKS:
+                alignment[i]["start"] = alignment[i]["end"] - max_duration
+
+
+def _segments(tokenizer: Any, decoded: _Decoded, words: list[dict[str, Any]], duration: float) -> list[Any]:
+    """Split a decode into segments at its timestamp tokens; each gets the words it holds."""
+    from faster_whisper.transcribe import Segment, Word
+
+    begin = tokenizer.timestamp_begin
+    spans: list[tuple[float, float, list[int]]] = []
+    start: float | None = None
+    current: list[int] = []
+    for token in decoded.tokens:
+        if token >= begin:
+            time = (token - begin) * TIME_PRECISION
+            if start is None:
+                start = time
+            elif current:
+                spans.append((start, time, current))
+                current, start = [], None
+            else:
+                start = time
+        elif token < tokenizer.eot:
+            current.append(token)
+    if current:
+        # the unfinished last segment: its words run to the end of the audio
+        spans.append((start or 0.0, duration, current))
+    segments = []
+    cursor = 0
+    for n, (seg_start, seg_end, tokens) in enumerate(spans):
+        seg_words, used = [], 0
+        while cursor < len(words) and used < len(tokens):
+            w = words[cursor]
+            end = min(float(w["end"]), duration)
+            seg_words.append(Word(min(float(w["start"]), end), end, w["word"], float(w["probability"])))
+            used += len(w["tokens"])
+            cursor += 1
+        segments.append(
+            Segment(
+                id=n,
+                seek=0,
+                start=seg_start,
+                end=min(seg_end, duration),
+                text=tokenizer.decode(tokens),
+                tokens=tokens,
+                avg_logprob=decoded.avg_logprob,
+                compression_ratio=decoded.compression_ratio,
+                no_speech_prob=decoded.no_speech_prob,
+                words=seg_words,
+                temperature=0.0,
+            )
+        )
+    return segments
