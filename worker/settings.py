@@ -44,6 +44,13 @@ class WorkerSettings(BaseSettings):
     max_chunk_bytes: int = Field(262144, ge=1024, description="Larger audio chunks are rejected")
     max_channels: int = Field(2, ge=1, le=8, description="Channels per session")
     read_count: int = Field(500, ge=1, description="Input entries read per session per round trip")
+    max_session_attempts: int = Field(
+        3, ge=1, le=1000, description="Attempts in a row to restore or process a session before it is quarantined"
+    )
+    commit_backoff_max_sec: float = Field(5.0, gt=0, description="Longest wait between a session's failed commits")
+    commit_failure_limit_sec: float = Field(
+        30.0, gt=0, description="/healthz fails when commits are attempted but none succeeded for this long"
+    )
     events_maxlen: int = Field(1_000_000, ge=1000, description="Approximate cap of each shard's events stream")
     allowed_backends: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["faster-whisper"], description="Backends a session may ask for (comma-separated)"

@@ -22,7 +22,7 @@ class ASRConfig(BaseModel):
     lan: str = Field("en", min_length=1, description="Language code, or 'auto' to detect")
     task: Literal["transcribe", "translate"] = "transcribe"
     backend: str = Field("faster-whisper", min_length=1, description="Name in MODEL_LOADERS")
-    min_chunk_size: float = Field(2.0, gt=0, le=30, description="Seconds of new audio per iteration")
+    min_chunk_size: float = Field(1.0, gt=0, le=30, description="Seconds of new audio per iteration")
     buffer_trimming: Literal["segment", "sentence"] = "segment"
     buffer_trimming_sec: float = Field(15.0, gt=0, le=30, description="Trim the buffer past this length")
     vad: bool = Field(True, description="Skip audio that Silero VAD finds no speech in")
@@ -33,7 +33,7 @@ class ASRConfig(BaseModel):
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
     beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding")
     final_beam_size: int | None = Field(
-        None, ge=1, le=16, description="Beam of the decode that closes an utterance (vac); None: beam_size"
+        5, ge=1, le=16, description="Beam of the decodes that commit at pauses (vac); None: beam_size"
     )
     window_padding_sec: float | None = Field(
         5.0,

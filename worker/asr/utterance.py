@@ -16,7 +16,6 @@ so all a function of the input:
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from worker.asr.audio import resample
@@ -34,10 +33,10 @@ VAC_PRE_ROLL_SEC = 0.2
 VAC_TAIL_SEC = 0.5
 #: With ``vac``, a word of a single hypothesis commits when it ends this far before the buffer's
 #: end with at least this probability (see :meth:`HypothesisBuffer.flush`).
-CONFIDENT_MARGIN_SEC = float(os.environ.get("SS_MARGIN", "0.6"))
-CONFIDENT_PROBABILITY = float(os.environ.get("SS_PROB", "0.85"))
+CONFIDENT_MARGIN_SEC = 0.6
+CONFIDENT_PROBABILITY = 0.85
 #: With ``vac``, a pause this long inside a stretch commits the words before it (all but the last).
-PHRASE_PAUSE_SEC = float(os.environ.get("SS_PHRASE", "0.3"))
+PHRASE_PAUSE_SEC = 0.3
 #: With ``vac``, a stretch is decoded within its length only once this much of it is voiced.
 VAC_MIN_VOICED_SEC = 1.0
 

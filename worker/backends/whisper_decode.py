@@ -42,10 +42,13 @@ FRAME_SEC = 0.01
 COMPRESSION_RATIO_LIMIT = 2.4
 #: The beam of the retry of a repetitive decode.
 RETRY_BEAM = 5
-#: Token budget per second of audio: fast speech is ~4 text tokens/s plus timestamps; a
-#: decode past this is looping, and capping it bounds the cost of a bad window.
-TOKENS_PER_SEC = 12
-MIN_NEW_TOKENS = 24
+#: Token budget per second of audio: fast speech is ~4 text tokens/s (150 words a minute is
+#: 3.3) plus timestamps; a decode past this is looping, and capping it bounds a bad window's cost.
+TOKENS_PER_SEC = 8
+MIN_NEW_TOKENS = 16
+#: A run of up to this many tokens said this many times in a row is a loop ("9, 9, 9, 9").
+LOOP_MAX_PERIOD = 4
+LOOP_REPEATS = 4
 #: Tokens of previous text in a prompt (the processor gives ~200 characters, ~45 tokens).
 PROMPT_TOKENS = 48
 _SENTENCE_MARKS = ".。!！?？"
@@ -115,9 +118,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
     for (window, beam, _prompt_length), members in buckets.items():
         encoded = _encode(model, [prepared[i] for i in members], window)
         decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
-        retry = [
-            k for k, d in enumerate(decoded) if d.compression_ratio > COMPRESSION_RATIO_LIMIT and beam < RETRY_BEAM
-        ]
+        retry = [k for k, d in enumerate(decoded) if _looping(d, tokenizer) and beam < RETRY_BEAM]
         if retry:
             # a repetition loop: beam search usually escapes it; same request, same answer
             again = _generate(
@@ -125,6 +126,9 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             )
             for k, d in zip(retry, again, strict=True):
                 decoded[k] = d
+        for d in decoded:
+            # still looping: keep the text before the loop (one copy of the repeated part)
+            _cut_loop(d, tokenizer)
         words = _align(model, tokenizer, encoded, [prepared[i] for i in members], decoded)
         for k, i in enumerate(members):
             results[i] = _segments(tokenizer, decoded[k], words[k], prepared[i].content * FRAME_SEC)
@@ -204,6 +208,46 @@ def _generate(
         text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
         decoded.append(_Decoded(tokens, avg_logprob, result.no_speech_prob, _compression_ratio(text)))
     return decoded
+
+
+def _looping(decoded: _Decoded, tokenizer: Any) -> bool:
+    text = _text_tokens(decoded, tokenizer)
+    return decoded.compression_ratio > COMPRESSION_RATIO_LIMIT or _loop_start(text) is not None
+
+
+def _text_tokens(decoded: _Decoded, tokenizer: Any) -> list[int]:
+    return [t for t in decoded.tokens if t < tokenizer.eot]
+
+
+def _loop_start(tokens: list[int]) -> int | None:
+    """Where a repetition loop starts: a run of 1-4 tokens said ``LOOP_REPEATS`` times in a row.
+
+    Returns the index of the second copy (the first is kept), or ``None``. Short texts compress
+    badly, so the compression ratio misses loops like "9, 9, 9, 9, 9" in a few-second buffer.
+    """
+    for i in range(len(tokens)):
+        for period in range(1, LOOP_MAX_PERIOD + 1):
+            unit = tokens[i : i + period]
+            end = i + period * LOOP_REPEATS
+            if end > len(tokens):
+                break
+            if all(tokens[j : j + period] == unit for j in range(i, end, period)):
+                return i + period
+    return None
+
+
+def _cut_loop(decoded: _Decoded, tokenizer: Any) -> None:
+    start = _loop_start(_text_tokens(decoded, tokenizer))
+    if start is None:
+        return
+    # the same place in the full sequence, which has timestamps between the text tokens
+    kept = 0
+    for n, token in enumerate(decoded.tokens):
+        if token < tokenizer.eot:
+            if kept == start:
+                decoded.tokens = decoded.tokens[:n]
+                return
+            kept += 1
 
 
 def _compression_ratio(text: str) -> float:

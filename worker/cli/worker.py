@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     observer = PrometheusObserver()
     worker = Worker(settings, observer=observer)
-    metrics = MetricsServer(observer.registry, worker.health.alive, settings.metrics_host, settings.metrics_port)
+    metrics = MetricsServer(observer.registry, worker.healthy, settings.metrics_host, settings.metrics_port)
     metrics.start()
 
     def on_signal(signum: int, _frame: object) -> None:

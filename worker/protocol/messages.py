@@ -28,6 +28,30 @@ SESSION_ASR_OPTIONS = ("language", "model", "backend", "min_chunk_size")
 
 M = TypeVar("M", bound="Message")
 
+# Bounds of every value decoded from the wire: anything outside is rejected at decoding, so no
+# later step (sequence checks, checkpoint encoding, events) ever meets a value it cannot hold.
+#: Largest input ``seq``: it and the next one fit a signed 64-bit integer and a JSON number exactly.
+MAX_SEQ = 2**53 - 1
+#: Timestamps (``sent_at``, ``created_at``) are seconds in ``[0, MAX_TIMESTAMP]`` (until year 2242).
+MAX_TIMESTAMP = float(2**33)
+#: Longest end-marker ``reason``; it is echoed in ``session_ended``.
+MAX_REASON_CHARS = 256
+#: Largest ``open`` message, and the limits of its ``metadata`` (echoed in ``session_started``).
+MAX_OPEN_BYTES = 65536
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 2048
+#: Longest string ASR option (``language``, ``model``, ``backend``); the allow-lists narrow them further.
+MAX_ASR_OPTION_CHARS = 256
+#: Longest value shown in an error message: a hostile entry must not make its error event huge.
+_SHOWN_CHARS = 64
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to a length fit for an error message."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
 
 def _pack(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
@@ -42,8 +66,8 @@ def unpack_map(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DecodeError(f"expected a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {version!r} (this worker speaks {PROTOCOL_VERSION})")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+        raise DecodeError(f"unsupported protocol version {shown(version)} (this worker speaks {PROTOCOL_VERSION})")
     return obj
 
 
@@ -55,6 +79,30 @@ def _require(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> A
         return float(value)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise DecodeError(f"field {name!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _bounded_int(obj: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = _require(obj, name, int)
+    if not low <= value <= high:
+        raise DecodeError(f"{name} {shown(value)} is outside {low}..{high}")
+    return value
+
+
+def _timestamp(obj: dict[str, Any], name: str) -> float:
+    value = _require(obj, name, float)
+    if not math.isfinite(value):
+        raise DecodeError(f"{name} must be finite")
+    if not 0.0 <= value <= MAX_TIMESTAMP:
+        raise DecodeError(f"{name} {shown(value)} is outside 0..{MAX_TIMESTAMP:.0f} s")
+    return value
+
+
+def _bounded_str(value: Any, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise DecodeError(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise DecodeError(f"{what} has {len(value)} characters; at most {max_chars} are allowed")
     return value
 
 
@@ -89,15 +137,17 @@ class SessionOpen(Message):
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionOpen:
+        if len(raw) > MAX_OPEN_BYTES:
+            raise DecodeError(f"open message of {len(raw)} bytes exceeds the cap of {MAX_OPEN_BYTES} bytes")
         obj = unpack_map(raw)
         msg = cls(
-            session_id=_require(obj, "session_id", str),
-            sample_rate=_require(obj, "sample_rate", int),
+            session_id=_bounded_str(_require(obj, "session_id", str), "session_id", 128),
+            sample_rate=_bounded_int(obj, "sample_rate", 8000, 192000),
             encoding=_require(obj, "encoding", str),
-            channels=_require(obj, "channels", int),
+            channels=_bounded_int(obj, "channels", 1, 8),
             asr=_require(obj, "asr", dict),
             metadata=_require(obj, "metadata", dict),
-            created_at=_require(obj, "created_at", float),
+            created_at=_timestamp(obj, "created_at"),
             # optional: opens written before partials existed have none
             partials=_require(obj, "partials", bool) if "partials" in obj else True,
         )
@@ -106,7 +156,7 @@ class SessionOpen(Message):
 
     def validate(self) -> None:
         if self.encoding not in ENCODINGS:
-            raise DecodeError(f"unknown encoding {self.encoding!r}; use one of {', '.join(ENCODINGS)}")
+            raise DecodeError(f"unknown encoding {shown(self.encoding)}; use one of {', '.join(ENCODINGS)}")
         if not 8000 <= self.sample_rate <= 192000:
             raise DecodeError(f"sample_rate {self.sample_rate} is outside 8000..192000")
         if self.encoding in ("mulaw", "alaw") and self.sample_rate != 8000:
@@ -116,10 +166,25 @@ class SessionOpen(Message):
         unknown = set(self.asr) - set(SESSION_ASR_OPTIONS)
         if unknown:
             raise DecodeError(
-                f"unknown ASR option(s) {sorted(unknown)}; a session may set {', '.join(SESSION_ASR_OPTIONS)}"
+                f"unknown ASR option(s) {shown(sorted(unknown))}; a session may set {', '.join(SESSION_ASR_OPTIONS)}"
             )
+        for name in ("language", "model", "backend"):
+            if name in self.asr:
+                _bounded_str(self.asr[name], f"ASR option {name!r}", MAX_ASR_OPTION_CHARS)
+        if "min_chunk_size" in self.asr:
+            size = self.asr["min_chunk_size"]
+            if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size):
+                raise DecodeError(f"ASR option 'min_chunk_size' must be a finite number, got {shown(size)}")
+        self._validate_metadata()
+
+    def _validate_metadata(self) -> None:
+        if len(self.metadata) > MAX_METADATA_ENTRIES:
+            raise DecodeError(f"metadata has {len(self.metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()):
             raise DecodeError("metadata must map strings to strings")
+        for key, value in self.metadata.items():
+            _bounded_str(key, "a metadata key", MAX_METADATA_KEY_CHARS)
+            _bounded_str(value, f"metadata {shown(key)}", MAX_METADATA_VALUE_CHARS)
 
 
 @dataclass(frozen=True)
@@ -149,17 +214,14 @@ def decode_input(raw: bytes) -> InputMessage:
     """Decode one input-stream entry's ``m`` field."""
     obj = unpack_map(raw)
     kind = obj.get("type")
-    seq = _require(obj, "seq", int)
-    if seq < 0:
-        raise DecodeError(f"seq must be >= 0, got {seq}")
-    sent_at = _require(obj, "sent_at", float)
-    if not math.isfinite(sent_at):
-        raise DecodeError("sent_at must be finite")
+    seq = _bounded_int(obj, "seq", 0, MAX_SEQ)
+    sent_at = _timestamp(obj, "sent_at")
     if kind == AudioChunk.TYPE:
         return AudioChunk(seq=seq, payload=_require(obj, "payload", bytes), sent_at=sent_at)
     if kind == EndOfSession.TYPE:
-        return EndOfSession(seq=seq, sent_at=sent_at, reason=str(obj.get("reason", "completed")))
-    raise DecodeError(f"unknown input message type {kind!r}")
+        reason = _bounded_str(obj.get("reason", "completed"), "reason", MAX_REASON_CHARS)
+        return EndOfSession(seq=seq, sent_at=sent_at, reason=reason)
+    raise DecodeError(f"unknown input message type {shown(kind)}")
 
 
 def input_entry_id(seq: int) -> str:

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from worker.asr.config import ASRConfig
 from worker.backends.registry import load_processor
 from worker.errors import ConfigError, DecodeError, StreamscribeError
@@ -15,6 +17,7 @@ from worker.protocol.scripts import Scripts
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint
 from worker.runtime.connection import text
+from worker.runtime.restore import restore_session
 from worker.runtime.session import LiveSession, SessionLease
 from worker.settings import WorkerSettings
 
@@ -23,7 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Acquired:
-    """What ``acquire.lua`` said: ``ok`` (with a session), ``ended``, ``missing`` or ``duplicate``."""
+    """What ``acquire.lua`` said: ``ok`` (with a session), ``ended``, ``missing`` or ``duplicate``.
+
+    ``unusable``: the session's state key is not a hash, so no worker can ever serve it.
+    """
 
     status: str
     session: LiveSession | None = None
@@ -38,23 +44,34 @@ class SessionFactory:
         self.settings = settings
 
     def acquire(self, shard: int, entry_id: str, sid: str, now_ms: int) -> Acquired:
-        reply = self.scripts.call(
-            self.client, "acquire", [self.keys.session_state(sid)], [self.settings.worker_id, entry_id, now_ms]
-        )
+        try:
+            reply = self.scripts.call(
+                self.client, "acquire", [self.keys.session_state(sid)], [self.settings.worker_id, entry_id, now_ms]
+            )
+        except ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            log.error("session %s: its state key is not a hash (%s); it cannot be served", sid, e)
+            return Acquired("unusable")
         status = text(reply[0])
         if status != "ok":
             return Acquired(status)
         epoch, open_blob, checkpoint, out_seq = int(reply[1]), reply[2], reply[3], int(reply[4])
         lease = SessionLease(sid, shard, entry_id, epoch)
+        attempts = int(reply[6])
+        if attempts > self.settings.max_session_attempts:
+            # the earlier attempts died or failed in restore or processing: do neither again
+            return Acquired("ok", self._quarantined(lease, open_blob, checkpoint, out_seq, attempts), epoch > 1)
         session = self._build(lease, open_blob)
         session.out_seq = out_seq
         if session.dirty:  # it ends at once (a refused open, a backend that cannot load)
             _carry_over(session, checkpoint)
             session.started_event()
         elif checkpoint:
-            retained = self._retained_input(sid, checkpoint)
             try:
-                session.restore(checkpoint, out_seq, retained)
+                # anything but a bad checkpoint (a processor's own error) propagates: the caller
+                # hands the session over, and the attempt count decides whether it is tried again
+                restore_session(session, checkpoint, out_seq, self._retained_input(sid, checkpoint))
             except StreamscribeError as e:
                 log.error("session %s: cannot restore its checkpoint: %s", sid, e)
                 session = self._build(lease, open_blob)
@@ -98,6 +115,30 @@ class SessionFactory:
             return session
         rate = int(loaded[0][1].get("sample_rate", 16000))
         return self._live(lease, opened, [p for p, _meta in loaded], rate)
+
+    def _quarantined(
+        self, lease: SessionLease, open_blob: bytes | None, checkpoint: bytes, out_seq: int, attempts: int
+    ) -> LiveSession:
+        """A session that failed too often: it ends at once, without loading or restoring anything."""
+        sid = lease.session_id
+        log.error("session %s: %d attempts in a row failed; quarantining it", sid, attempts - 1)
+        try:
+            opened = SessionOpen.decode(open_blob or b"")
+            if opened.session_id != sid:
+                raise DecodeError("forged session id")
+        except DecodeError:
+            opened = SessionOpen(session_id=sid)
+        session = self._live(lease, opened, [], opened.sample_rate)
+        session.out_seq = out_seq
+        session.untrusted = True  # its commit keeps the last checkpoint, for inspection
+        _carry_over(session, checkpoint)
+        session.started_event()
+        message = (
+            f"{attempts - 1} attempt(s) in a row to restore or process this session failed or killed their "
+            "worker; it is ended instead of tried again"
+        )
+        session.fail(inputs.QUARANTINED, message)
+        return session
 
     def _refused(self, lease: SessionLease, opened: SessionOpen, reason: str, message: str, raw: bytes) -> LiveSession:
         session = self._live(lease, opened, [], opened.sample_rate)

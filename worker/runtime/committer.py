@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, RedisError
 from worker.protocol.keys import Keyspace
 from worker.protocol.scripts import Scripts
 from worker.runtime.connection import text
+from worker.runtime.faults import fail_session
 from worker.runtime.session import LiveSession, Record
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class Committer:
         self.events_maxlen = events_maxlen
         #: sessions whose copy to the shard streams fell behind their committed records
         self.behind: set[str] = set()
+        #: input position of each session when it was acquired, until a commit consumes input
+        #: past it: that commit clears the session's attempt count (see ``acquire.lua``)
+        self.unproven: dict[str, str] = {}
 
     def commit(self, sessions: list[LiveSession]) -> list[CommitOutcome]:
         """Run ``commit.lua`` for every session in one pipeline."""
@@ -46,10 +50,13 @@ class Committer:
             return []
         prepared = []
         for s in sessions:
-            records = s.build_records()
-            blob, trim = s.checkpoint()
+            built = self._build(s)
+            if built is None:
+                continue
+            records, blob, trim = built
             sid = s.session_id
             keys = self.keys.session_keys(sid)  # state, in, out, dlq: commit.lua's KEYS order
+            proven = self._proven(s)
             args: list[Any] = [
                 s.lease.epoch,
                 s.out_seq,
@@ -57,6 +64,7 @@ class Committer:
                 trim,
                 "1" if s.ended else "0",
                 self.retention_ms,
+                "1" if proven else "0",
                 len(records),
             ]
             for _seq, r in records:
@@ -68,6 +76,25 @@ class Committer:
             outcomes.append(self._outcome(s, records, reply))
         return outcomes
 
+    def _proven(self, s: LiveSession) -> bool:
+        """The session consumed input (or ended) since it was acquired: it is not a poison pill."""
+        acquired_at = self.unproven.get(s.session_id)
+        return acquired_at is not None and (s.in_pos != acquired_at or s.ended)
+
+    def _build(self, s: LiveSession) -> tuple[list[tuple[int, Record]], bytes, str] | None:
+        """(records, checkpoint, trim) of one session's commit; a failure fails only that session."""
+        for attempt in (1, 2):
+            try:
+                records = s.build_records()
+                blob, trim = (b"", "") if s.untrusted else s.checkpoint()  # "": keep the last one
+                return records, blob, trim
+            except Exception as e:
+                if attempt == 2:
+                    log.exception("session %s: its failure cannot be committed either; retrying later", s.session_id)
+                    return None
+                fail_session(s, "building its commit", e)
+        return None
+
     def _outcome(self, s: LiveSession, records: list[tuple[int, Record]], reply: Any) -> CommitOutcome:
         if isinstance(reply, Exception):
             log.error("session %s: commit failed: %s", s.session_id, reply)
@@ -75,7 +102,13 @@ class Committer:
         status = text(reply[0])
         if status == "ok":
             s.committed(int(reply[1]))
+            if self._proven(s):
+                del self.unproven[s.session_id]
             return CommitOutcome(s, OK, records)
+        if status == "wrongtype":
+            # nothing was written: retried (with back-off) until an operator fixes the key
+            log.error("session %s: commit refused, %s holds another type than a stream", s.session_id, text(reply[1]))
+            return CommitOutcome(s, ERROR, records, status)
         if status == "fenced":
             log.warning(
                 "session %s: fenced (epoch %s, ours %d); dropping it", s.session_id, text(reply[1]), s.lease.epoch
@@ -104,7 +137,7 @@ class Committer:
             calls.append((keys, args))
             copied.append((sid, records[-1][0]))
         for (sid, last), reply in zip(copied, self._run_pipeline(calls, "forward"), strict=True):
-            if isinstance(reply, Exception) or int(reply) < last:
+            if isinstance(reply, Exception | list) or int(reply) < last:  # a list: a wrong-typed stream
                 # the records are committed; the next copy of this session starts at its cursor
                 log.warning("session %s: copy to the shard streams is behind: %s", sid, reply)
                 self.behind.add(sid)

@@ -21,6 +21,9 @@ SEQ_GAP = "seq_gap"
 AFTER_END = "after_end"
 NOT_ALLOWED = "not_allowed"
 BAD_SESSION = "bad_session"
+#: Fatal error codes of a session whose processing failed (no rejected input of its own).
+PROCESSING_FAILED = "processing_failed"
+QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ def parse_entry(entry_id: str, fields: dict[Any, Any], session: SessionOpen, max
     except DecodeError as e:
         reason = UNSUPPORTED_VERSION if "version" in str(e) else MALFORMED
         return InputEntry(entry_id, None, reject_reason=reason, reject_message=str(e), raw=raw)
+    except Exception as e:  # a decoder bug must reject this entry, not stop the session or the worker
+        message_text = f"undecodable entry ({type(e).__name__})"
+        return InputEntry(entry_id, None, reject_reason=MALFORMED, reject_message=message_text, raw=raw)
     if isinstance(message, EndOfSession):
         return InputEntry(entry_id, message.seq, sent_at=message.sent_at, end=message)
     assert isinstance(message, AudioChunk)
@@ -75,6 +81,9 @@ def parse_entry(entry_id: str, fields: dict[Any, Any], session: SessionOpen, max
         audio = decode_pcm(message.payload, session.encoding, session.channels)
     except InvalidAudioError as e:
         return InputEntry(entry_id, message.seq, reject_reason=BAD_AUDIO, reject_message=str(e), raw=raw)
+    except Exception as e:  # as above: the entry is at fault, not the worker
+        message_text = f"undecodable audio ({type(e).__name__})"
+        return InputEntry(entry_id, message.seq, reject_reason=BAD_AUDIO, reject_message=message_text, raw=raw)
     return InputEntry(entry_id, message.seq, audio=audio, sent_at=message.sent_at)
 
 

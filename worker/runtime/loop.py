@@ -23,8 +23,10 @@ from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.connection import connect
+from worker.runtime.faults import fail_session, isolated
 from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher
+from worker.runtime.retry import CommitRetry
 from worker.runtime.session import LiveSession, PlannedCall
 from worker.settings import WorkerSettings
 
@@ -50,6 +52,7 @@ class Worker:
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.sessions: dict[str, LiveSession] = {}
         self.health = LoopHeartbeat(settings.loop_stall_limit_sec)
+        self.commit_retry = CommitRetry(settings.commit_backoff_max_sec, settings.commit_failure_limit_sec)
         self._lost: set[tuple[int, str]] = set()
         self._lost_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -101,6 +104,10 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
 
+    def healthy(self) -> bool:
+        """``/healthz``: the loop turns, Redis answers, and commits are not all failing."""
+        return self.health.alive() and self.commit_retry.healthy()
+
     def shutdown(self) -> None:
         """Release every lease at once (no wait for the TTL) and stop the lease keeper."""
         if self._keeper:
@@ -108,6 +115,8 @@ class Worker:
             self._keeper.join(timeout=5)
         for s in list(self.sessions.values()):
             try:
+                # a clean handover: this owner did not die of the session, so it is no failed attempt
+                self.client.hdel(self.keys.session_state(s.session_id), "attempts")
                 self.leases.release(s.lease.shard, s.lease.entry_id)
                 log.info("handed session %s over", s.session_id)
             except Exception as e:
@@ -136,17 +145,27 @@ class Worker:
             self.health.beat(connected=False)
             self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
             return False
+        except Exception:
+            # a bug outside any one session's steps: no heartbeat, so if it keeps failing the
+            # leases go to other workers after loop_stall_limit_sec and /healthz says so
+            log.exception("the loop iteration failed; retrying")
+            self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
+            return False
 
     def _iteration(self) -> bool:
         self._drop_lost()
         took = self._take_sessions()
         self._read_input()
-        calls = [c for s in list(self.sessions.values()) for c in s.plan_iteration(self.settings.stall_timeout_sec)]
+        stall = self.settings.stall_timeout_sec
+        # a session whose commit failed waits for its retry with what it has, unprocessed
+        planned = [s for s in self.sessions.values() if not self.commit_retry.waiting(s.session_id)]
+        calls = [c for s in planned for c in isolated(s, "planning", s.plan_iteration, stall, default=[])]
         self._transcribe(calls)
         for s in self.sessions.values():
             if s.dirty:
-                s.finish_iteration()
-        committed = self._commit([s for s in self.sessions.values() if s.dirty])
+                isolated(s, "finishing its iteration", s.finish_iteration, default=None)
+        due = [s for s in self.sessions.values() if s.dirty and self.commit_retry.due(s.session_id)]
+        committed = self._commit(due)
         self._finish_ended()
         self._report_load()
         return bool(took or calls or committed)
@@ -160,6 +179,8 @@ class Worker:
                     log.warning("lost the lease of session %s; dropping it", sid)
                     del self.sessions[sid]
                     self.committer.behind.discard(sid)  # the new owner copies what is left
+                    self.commit_retry.forget(sid)
+                    self.committer.unproven.pop(sid, None)
 
     def _take_sessions(self) -> int:
         if self._stopping.is_set():
@@ -177,11 +198,14 @@ class Worker:
             for shard, entry_id, sid in claimed:
                 try:
                     self._acquire(shard, entry_id, sid)
-                except RedisError:
-                    raise
-                except Exception:
-                    # not ours to crash on: the lease is left to expire, so it is retried after the TTL
-                    log.exception("could not take session %s; leaving it for a later claim", sid)
+                except Exception as e:
+                    if isinstance(e, RedisError) and "WRONGTYPE" not in str(e):
+                        raise  # Redis itself is failing: the whole loop backs off
+                    # this session's restore failed: hand it over for another attempt; acquire.lua
+                    # counted this one, and after max_session_attempts the session is quarantined
+                    log.exception("could not take session %s; handing it over for another attempt", sid)
+                    with contextlib.suppress(RedisError):
+                        self.leases.release(shard, entry_id)
         finally:
             self._acquiring = frozenset()
         return len(claimed)
@@ -197,7 +221,7 @@ class Worker:
             self.leases.finish(shard, entry_id)
             return
         outcome = self.factory.acquire(shard, entry_id, sid, int(time.time() * 1000))
-        if outcome.status in ("ended", "missing", "duplicate"):
+        if outcome.status in ("ended", "missing", "duplicate", "unusable"):
             if outcome.status == "ended":
                 behind = self.committer.forward([(sid, self.committer.pending_records(sid))])
                 self.committer.behind.discard(sid)
@@ -214,6 +238,7 @@ class Worker:
             log.info("took over session %s (epoch %d)", sid, session.lease.epoch)
             self.committer.forward([(sid, self.committer.pending_records(sid))])
         self.sessions[sid] = session
+        self.committer.unproven[sid] = session.in_pos
 
     def _read_input(self) -> None:
         """Top up each session's queue to ``read_count`` entries, in one pipelined round trip.
@@ -230,10 +255,16 @@ class Worker:
             key = self.keys.session_input(s.session_id)
             pipe.xrange(key, f"({s.last_read_id}", "+", count=limit - len(s.queue))
             pipe.xlen(key)  # for the backlog still in Redis
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         for s, entries, length in zip(active, replies[0::2], replies[1::2], strict=True):
+            problem = next((r for r in (entries, length) if isinstance(r, Exception)), None)
+            if problem is not None:
+                if "WRONGTYPE" not in str(problem):
+                    raise problem
+                fail_session(s, "reading its input", problem)  # its input key is not a stream
+                continue
             if entries:
-                chunks, audio_sec = s.take_entries(entries)
+                chunks, audio_sec = isolated(s, "taking input", s.take_entries, entries, default=(0, 0.0))
                 self.observer.chunks_received(chunks, audio_sec)
             s.note_input_length(int(length))
 
@@ -255,8 +286,9 @@ class Worker:
             new_audio = sum(c.session.stats.audio_sec for c in {id(c.session): c for c in group}.values())
             self.observer.batch_done(len(group), elapsed, new_audio or audio_sec)
             for call, result in zip(group, results, strict=True):
-                if result is not _FAILED:
-                    call.session.complete_call(call, result)
+                s = call.session
+                if result is not _FAILED and not s.untrusted:
+                    isolated(s, "completing a transcribe call", s.complete_call, call, result, default=None)
 
     def _transcribe_alone(self, call: PlannedCall) -> Any:
         """One request on its own, so that one bad input cannot end every session of a batch."""
@@ -276,6 +308,7 @@ class Worker:
             s = o.session
             self.observer.committed(o.result, sum(1 for _seq, r in o.records if r.type == "segment"))
             if o.result == OK:
+                self.commit_retry.succeeded(s.session_id)
                 forwards.append((s.session_id, o.records))
                 self.observer.chunks_processed(s.stats.chunks, s.stats.audio_sec)
                 for reason in s.stats.rejected:
@@ -283,6 +316,8 @@ class Worker:
                 if s.stats.latest_sent_at and any(r.type == "segment" for _seq, r in o.records):
                     self.observer.latency(time.time() - s.stats.latest_sent_at)
             elif o.result == FENCED:
+                self.commit_retry.forget(s.session_id)
+                self.committer.unproven.pop(s.session_id, None)
                 self.sessions.pop(s.session_id, None)
                 if o.detail == "seq_mismatch":
                     # our commit landed but its reply was lost: the lease is still ours, so hand it
@@ -290,6 +325,9 @@ class Worker:
                     with contextlib.suppress(RedisError):
                         self.leases.release(s.lease.shard, s.lease.entry_id)
                 self.committer.behind.discard(s.session_id)  # the new owner copies them
+            else:
+                delay = self.commit_retry.failed(s.session_id)
+                log.warning("session %s: commit failed; next try in %.2f s", s.session_id, delay)
         self.committer.forward(forwards)
         # after the commit, so a partial never shows text before the commit that precedes it
         self.partials.publish([o.session for o in outcomes if o.result == OK])
@@ -315,6 +353,7 @@ class Worker:
                 log.warning("session %s ended, but closing its lease failed (retrying): %s", sid, e)
                 continue
             self.sessions.pop(sid, None)
+            self.committer.unproven.pop(sid, None)
             self.observer.session_ended(_reason_label(s.ended_reason))
             log.info("session %s ended (%s)", sid, s.ended_reason)
 

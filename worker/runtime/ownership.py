@@ -136,7 +136,10 @@ class LeaseManager:
 
 
 def _session_of(fields: dict[Any, Any]) -> str:
+    """The announced session id; bytes that are not UTF-8 give an id the caller refuses, not an error."""
     raw = fields.get(b"session", fields.get("session", b""))
+    if isinstance(raw, bytes):
+        return raw[:1024].decode(errors="replace")
     return text(raw)
 
 

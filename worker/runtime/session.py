@@ -27,7 +27,6 @@ import numpy as np
 
 from worker.asr.audio import resample
 from worker.asr.contracts import ASRProcessor, BatchableProcessor, Committed, InterimProcessor, TranscribeRequest
-from worker.errors import SnapshotError
 from worker.protocol.messages import (
     DeadLetter,
     ErrorEvent,
@@ -130,6 +129,8 @@ class LiveSession:
         self.end_reason = "completed"
         self._unread_entries = 0
         self._chunk_frames = 0
+        #: its processing raised: no checkpoint is taken of it any more (see :meth:`abort`)
+        self.untrusted = False
         #: partials waiting for the commit of their iteration, and the text last published
         self.partials: dict[int, PartialEvent] = {}
         self._published_partials: dict[int, str] = {}
@@ -251,14 +252,14 @@ class LiveSession:
         assert entry.audio is not None
         self.fed.append(FedEntry(entry.entry_id, self.frames_fed))
         for channel, proc in enumerate(self.processors):
-            proc.insert_audio_chunk(self._channel_audio(entry.audio, channel))
+            proc.insert_audio_chunk(self.channel_audio(entry.audio, channel))
         self.frames_fed += entry.frames
         self.totals.audio_sec += entry.frames / self.opened.sample_rate
         self.stats.chunks += 1
         self.stats.audio_sec += entry.frames / self.opened.sample_rate
         self.stats.latest_sent_at = max(self.stats.latest_sent_at, entry.sent_at)
 
-    def _channel_audio(self, audio: np.ndarray, channel: int) -> np.ndarray:
+    def channel_audio(self, audio: np.ndarray, channel: int) -> np.ndarray:
         mono = np.ascontiguousarray(audio[:, channel])
         if self.processor_rate != self.opened.sample_rate:
             return resample(mono, self.opened.sample_rate, self.processor_rate)
@@ -288,6 +289,21 @@ class LiveSession:
         """End the session with a fatal error at the next commit."""
         self._pending_fatal = Fatal(code, message)
         self.dirty = True
+
+    def abort(self, code: str, message: str, letter: DeadLetter | None = None) -> None:
+        """End the session now because its processing raised; its state is not trusted after that.
+
+        The records built before the failure came from steps that completed, so they are kept;
+        an end recorded in the failed step gives way to the error's. Its commit keeps the last
+        checkpoint (nothing restores an ended session), and nothing of it is processed again.
+        """
+        self.untrusted = True
+        self.queue.clear()
+        self.end_reached = True
+        self.records = [(kind, m) for kind, m in self.records if not isinstance(m, SessionEnded)]
+        self.ended_reason = None
+        self._pending_fatal = Fatal(code, message, letter)
+        self.finish_iteration()
 
     def reject_open(self, reason: str, message: str, raw: bytes) -> None:
         """End the session because its open message is unusable: an error, and a dead letter of it."""
@@ -404,54 +420,6 @@ class LiveSession:
         self.out_seq = next_out_seq
         self.records = []
         self.dirty = False
-
-    # -- restore ----------------------------------------------------------------------------------
-
-    def restore(self, blob: bytes, out_seq: int, retained: list[tuple[Any, dict[Any, Any]]]) -> None:
-        """Load a checkpoint and rebuild the processors' audio from the retained input entries."""
-        state = Checkpoint.decode(blob)
-        self.in_pos = self.last_read_id = state.in_pos
-        self.seqs = inputs.SeqTracker(state.expected_seq, state.unnumbered)
-        self.frames_fed = state.frames_fed
-        self.started = state.started
-        self.totals = state.totals
-        try:
-            for proc, snap in zip(self.processors, state.channels, strict=True):
-                proc.restore(snap)
-        except ValueError as e:
-            raise SnapshotError(f"checkpoint has {len(state.channels)} channel(s): {e}") from e
-        self.out_seq = out_seq
-        if state.trim is not None:
-            self._rebuild_audio(state.channels, state.trim[1], retained)
-
-    def _rebuild_audio(
-        self, snapshots: list[dict[str, Any]], frame: int, retained: list[tuple[Any, dict[Any, Any]]]
-    ) -> None:
-        """Insert the retained audio from each processor's ``buffer_start`` on, as it came before."""
-        # the first retained entry was fed (the trim point is one), so replaying the sequence
-        # checks from it skips exactly the entries the old owner skipped, duplicates included
-        replay: inputs.SeqTracker | None = None
-        for raw_id, fields in retained:
-            entry_id = text(raw_id)
-            entry = inputs.parse_entry(entry_id, fields, self.opened, self.max_chunk_bytes)
-            if replay is None:
-                replay = inputs.SeqTracker(entry.seq or 0)
-            if not replay.admit(entry)[0] or entry.audio is None:
-                continue  # rejected (and reported) before the checkpoint
-            self.fed.append(FedEntry(entry_id, frame))
-            for channel, (proc, snap) in enumerate(zip(self.processors, snapshots, strict=True)):
-                audio = self._channel_audio(entry.audio, channel)
-                start = int(snap.get("buffer_start", 0))
-                at = frame * self.processor_rate // self.opened.sample_rate
-                skip = max(0, start - at)
-                if skip < audio.shape[0]:
-                    proc.insert_audio_chunk(audio[skip:])
-            frame += entry.frames
-        for proc, snap in zip(self.processors, snapshots, strict=True):
-            expected = snap.get("buffer_end")
-            got = getattr(proc, "buffer_end", expected)
-            if expected is not None and got != expected:
-                raise SnapshotError(f"rebuilt audio ends at sample {got}, the checkpoint says {expected}")
 
 
 def _is_due(proc: ASRProcessor) -> bool:

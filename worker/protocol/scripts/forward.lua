@@ -14,9 +14,17 @@
 -- Only records that continue the cursor are copied: after a failed copy, the next batch would
 -- start past a gap, and moving the cursor over it would lose the missing records for good. The
 -- caller compares the returned cursor with its last seq and re-reads what is missing.
--- Returns the cursor after the copy.
+-- Every check comes before the first write: a copy that failed after an XADD would leave the
+-- cursor behind it, and the retry would copy that record twice.
+-- Returns the cursor after the copy, or {"wrongtype", key} when a shard stream holds another type.
 local cursor = tonumber(redis.call('GET', KEYS[3]) or '0')
 local n = tonumber(ARGV[4])
+for k = 1, 2 do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return {'wrongtype', KEYS[k]}
+  end
+end
 for i = 0, n - 1 do
   local seq = tonumber(ARGV[5 + 4 * i])
   if seq > cursor + 1 then
