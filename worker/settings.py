@@ -35,6 +35,9 @@ class WorkerSettings(BaseSettings):
     group: str = Field("workers", min_length=1, description="Consumer group of the workers")
     worker_id: str = Field(default_factory=default_worker_id, description="This worker's consumer name")
     max_sessions: int = Field(8, ge=1, le=10000, description="Sessions one worker owns at most")
+    max_batch: int = Field(
+        64, ge=1, le=4096, description="Transcribe requests per backend call; 1 is the sequential path"
+    )
     lease_ttl_sec: float = Field(10.0, gt=0.2, description="A silent owner loses its sessions after this")
     janitor_interval_sec: float = Field(1.0, gt=0, description="How often to look for expired leases")
     poll_interval_sec: float = Field(0.05, gt=0, description="Idle wait between reads")

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, help="default 9400; 0 picks a free port")
     p.add_argument("--metrics-host", help="default 0.0.0.0")
     p.add_argument("--max-sessions", type=int)
+    p.add_argument("--max-batch", type=int, help="transcribe requests per backend call (default 64; 1: sequential)")
     p.add_argument("--lease-ttl-sec", type=float)
     p.add_argument("--worker-id")
     p.add_argument("--key-prefix")
@@ -34,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument("--language", help="default en; auto detects")
     asr.add_argument("--device", help="auto, cpu or cuda[:N]")
     asr.add_argument("--compute-type", help="auto, int8, float16, int8_float16, ...")
-    asr.add_argument("--min-chunk-size", type=float, help="seconds of new audio per iteration (default 2.0)")
+    asr.add_argument("--min-chunk-size", type=float, help="seconds of new audio per iteration (default 1.0)")
     asr.add_argument("--beam-size", type=int, help="default 1 (greedy)")
+    asr.add_argument("--final-beam-size", type=int, help="beam of the decodes at pauses (default 5)")
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -46,6 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "metrics_port",
         "metrics_host",
         "max_sessions",
+        "max_batch",
         "lease_ttl_sec",
         "worker_id",
         "key_prefix",
@@ -65,6 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "compute_type": args.compute_type,
         "min_chunk_size": args.min_chunk_size,
         "beam_size": args.beam_size,
+        "final_beam_size": args.final_beam_size,
     }
     changes = {k: v for k, v in asr_flags.items() if v is not None}
     if not changes:

@@ -269,11 +269,13 @@ class Worker:
             s.note_input_length(int(length))
 
     def _transcribe(self, calls: list[PlannedCall]) -> None:
-        """One backend call per group of sessions that share a model and decoding options."""
+        """One backend call per group of sessions that share a model and options (``max_batch`` at most)."""
         groups: dict[tuple[Any, ...], list[PlannedCall]] = defaultdict(list)
         for call in calls:
             groups[_batch_key(call)].append(call)
-        for group in groups.values():
+        size = self.settings.max_batch
+        batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+        for group in batches:
             asr = group[0].processor.asr
             audio_sec = sum(c.request.audio.shape[0] for c in group) / 16000
             started = time.perf_counter()

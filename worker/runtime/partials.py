@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from worker.asr.contracts import Committed
+from worker.asr.contracts import ASRProcessor, Committed, InterimProcessor
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import PartialEvent
 
@@ -36,6 +36,29 @@ def partial_event(session_id: str, channel: int, partial: Committed) -> PartialE
     end = round(partial.end, 3) if partial.end is not None else 0.0
     listed = [[round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)] for w in words]
     return PartialEvent(session_id, channel, start, end, text, listed, time.time())
+
+
+class PartialTracker:
+    """One session's partials: the latest per channel waiting for its iteration's commit."""
+
+    def __init__(self, session_id: str, *, enabled: bool) -> None:
+        self.session_id = session_id
+        self.enabled = enabled
+        self._pending: dict[int, PartialEvent] = {}
+        self._published: dict[int, str] = {}
+
+    def note(self, channel: int, processor: ASRProcessor) -> None:
+        """After a step of ``channel``: its unconfirmed hypothesis, if it changed."""
+        if not self.enabled or not isinstance(processor, InterimProcessor):
+            return
+        partial = partial_event(self.session_id, channel, processor.partial())
+        if partial.text != self._published.get(channel, ""):
+            self._published[channel] = partial.text
+            self._pending[channel] = partial
+
+    def take(self) -> list[PartialEvent]:
+        out, self._pending = list(self._pending.values()), {}
+        return out
 
 
 class PartialPublisher:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from worker.asr.contracts import StreamingProcessor
 from worker.errors import SnapshotError
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry
@@ -68,6 +69,6 @@ def _rebuild_audio(session: LiveSession, snapshots: list[dict[str, Any]], frame:
         frame += entry.frames
     for proc, snap in zip(session.processors, snapshots, strict=True):
         expected = snap.get("buffer_end")
-        got = getattr(proc, "buffer_end", expected)
+        got = proc.buffer_end if isinstance(proc, StreamingProcessor) else expected
         if expected is not None and got != expected:
             raise SnapshotError(f"rebuilt audio ends at sample {got}, the checkpoint says {expected}")

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from worker.asr.audio import resample
-from worker.asr.contracts import ASRProcessor, BatchableProcessor, Committed, InterimProcessor, TranscribeRequest
+from worker.asr.contracts import (
+    ASRProcessor,
+    BatchableProcessor,
+    Committed,
+    StreamingProcessor,
+    TranscribeRequest,
+)
 from worker.protocol.messages import (
     DeadLetter,
     ErrorEvent,
@@ -40,7 +46,7 @@ from worker.protocol.messages import (
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
 from worker.runtime.connection import text
-from worker.runtime.partials import partial_event
+from worker.runtime.partials import PartialTracker
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +137,7 @@ class LiveSession:
         self._chunk_frames = 0
         #: its processing raised: no checkpoint is taken of it any more (see :meth:`abort`)
         self.untrusted = False
-        #: partials waiting for the commit of their iteration, and the text last published
-        self.partials: dict[int, PartialEvent] = {}
-        self._published_partials: dict[int, str] = {}
+        self.partials = PartialTracker(lease.session_id, enabled=opened.partials)
 
     @property
     def session_id(self) -> str:
@@ -190,9 +194,9 @@ class LiveSession:
             return []
         calls: list[PlannedCall] = []
         for channel, proc in enumerate(self.processors):
-            if not (_is_due(proc) or (self.end_reached and getattr(proc, "unprocessed_sec", 1.0) > 0)):
+            if not (_is_due(proc) or (self.end_reached and _unprocessed_sec(proc) > 0)):
                 continue
-            if isinstance(proc, BatchableProcessor) and hasattr(proc, "prepare_iter"):
+            if isinstance(proc, BatchableProcessor):
                 request = proc.prepare_iter()
                 if request is not None:
                     calls.append(PlannedCall(self, channel, proc, request))
@@ -318,7 +322,7 @@ class LiveSession:
         )
 
     def _take_committed(self, channel: int, committed: Committed) -> None:
-        self._note_partial(channel)
+        self.partials.note(channel, self.processors[channel])
         spoken = (committed.text or "").strip()
         if committed.start is None or committed.end is None or not spoken:
             return
@@ -341,20 +345,9 @@ class LiveSession:
         self.totals.segments += 1
         self.totals.words += len(words)
 
-    def _note_partial(self, channel: int) -> None:
-        """After a step of ``channel``: its unconfirmed hypothesis, if it changed, for publishing."""
-        proc = self.processors[channel]
-        if not self.opened.partials or not isinstance(proc, InterimProcessor):
-            return
-        partial = partial_event(self.session_id, channel, proc.partial())
-        if partial.text != self._published_partials.get(channel, ""):
-            self._published_partials[channel] = partial.text
-            self.partials[channel] = partial
-
     def take_partials(self) -> list[PartialEvent]:
         """The partials to publish after this iteration's commit (the latest per channel)."""
-        out, self.partials = list(self.partials.values()), {}
-        return out
+        return self.partials.take()
 
     def _emit_error(self, code: str, message: str, *, fatal: bool) -> None:
         self.totals.errors += 1
@@ -423,5 +416,9 @@ class LiveSession:
 
 
 def _is_due(proc: ASRProcessor) -> bool:
-    is_due = getattr(proc, "is_due", None)
-    return bool(is_due()) if callable(is_due) else True
+    """A processor that does not say when it is due (the guide's) runs at every chunk."""
+    return proc.is_due() if isinstance(proc, StreamingProcessor) else True
+
+
+def _unprocessed_sec(proc: ASRProcessor) -> float:
+    return proc.unprocessed_sec if isinstance(proc, StreamingProcessor) else 1.0
