@@ -34,7 +34,9 @@ class WorkerObserver:
     def takeover(self) -> None: ...
     def rejected(self, reason: str) -> None: ...
     def session_ended(self, reason: str) -> None: ...
-    def load(self, active: int, capacity: int, backlog_sec: float) -> None: ...
+    def load(
+        self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0
+    ) -> None: ...
 
 
 class PrometheusObserver(WorkerObserver):
@@ -73,6 +75,16 @@ class PrometheusObserver(WorkerObserver):
         self.sessions_active = Gauge("streamscribe_sessions_active", "Sessions this worker owns", registry=r)
         self.sessions_capacity = Gauge(
             "streamscribe_sessions_capacity", "Sessions this worker may own (max_sessions)", registry=r
+        )
+        self.utilisation = Gauge(
+            "streamscribe_worker_utilisation",
+            "Inference seconds per wall-clock second (30 s moving average); the worker keeps up below 1",
+            registry=r,
+        )
+        self.capacity_available_sessions = Gauge(
+            "streamscribe_capacity_available_sessions",
+            "New sessions this worker would take now, from its measured cost (0: at capacity or behind)",
+            registry=r,
         )
         self.backlog_audio_seconds = Gauge(
             "streamscribe_backlog_audio_seconds", "Audio received but not yet processed (owned sessions)", registry=r
@@ -130,10 +142,12 @@ class PrometheusObserver(WorkerObserver):
     def session_ended(self, reason: str) -> None:
         self.sessions_ended_total.labels(reason=reason).inc()
 
-    def load(self, active: int, capacity: int, backlog_sec: float) -> None:
+    def load(self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0) -> None:
         self.sessions_active.set(active)
         self.sessions_capacity.set(capacity)
         self.backlog_audio_seconds.set(backlog_sec)
+        self.utilisation.set(utilisation)
+        self.capacity_available_sessions.set(spare)
 
 
 class MetricsServer:

@@ -35,6 +35,13 @@ class WorkerSettings(BaseSettings):
     group: str = Field("workers", min_length=1, description="Consumer group of the workers")
     worker_id: str = Field(default_factory=default_worker_id, description="This worker's consumer name")
     max_sessions: int = Field(8, ge=1, le=10000, description="Sessions one worker owns at most")
+    capacity_headroom: float = Field(
+        0.85, gt=0, le=1, description="Take new sessions only while inference uses less of the wall clock than this"
+    )
+    max_backlog_sec: float = Field(
+        3.0, gt=0, description="Take no new session while the owned sessions hold more unprocessed audio than this"
+    )
+    capacity_window_sec: float = Field(30.0, gt=0, description="Averaging window of the measured utilisation")
     max_batch: int = Field(
         64, ge=1, le=4096, description="Transcribe requests per backend call; 1 is the sequential path"
     )

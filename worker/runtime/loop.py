@@ -21,6 +21,7 @@ from worker.metrics import LoopHeartbeat, WorkerObserver
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
+from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.connection import connect
 from worker.runtime.faults import fail_session, isolated
@@ -48,6 +49,9 @@ class Worker:
         self.factory = SessionFactory(self.client, self.keys, self.scripts, settings)
         self.committer = Committer(
             self.client, self.keys, self.scripts, int(settings.retention_sec * 1000), settings.events_maxlen
+        )
+        self.capacity = CapacityMeter(
+            settings.capacity_headroom, settings.max_backlog_sec, window_sec=settings.capacity_window_sec
         )
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.sessions: dict[str, LiveSession] = {}
@@ -185,7 +189,8 @@ class Worker:
     def _take_sessions(self) -> int:
         if self._stopping.is_set():
             return 0
-        free = self.settings.max_sessions - len(self.sessions)
+        backlog = sum(s.backlog_sec() for s in self.sessions.values())
+        free = self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
         claimed: list[Claimed] = []
         if free > 0:
             claimed += self.leases.take_new(free)
@@ -287,6 +292,7 @@ class Worker:
             elapsed = time.perf_counter() - started
             new_audio = sum(c.session.stats.audio_sec for c in {id(c.session): c for c in group}.values())
             self.observer.batch_done(len(group), elapsed, new_audio or audio_sec)
+            self.capacity.busy(elapsed)
             for call, result in zip(group, results, strict=True):
                 s = call.session
                 if result is not _FAILED and not s.untrusted:
@@ -361,7 +367,13 @@ class Worker:
 
     def _report_load(self) -> None:
         backlog = sum(s.backlog_sec() for s in self.sessions.values())
-        self.observer.load(len(self.sessions), self.settings.max_sessions, backlog)
+        utilisation = self.capacity.update()
+        spare = (
+            0
+            if self._stopping.is_set()
+            else self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
+        )
+        self.observer.load(len(self.sessions), self.settings.max_sessions, backlog, utilisation, spare)
 
     # -- lease keeper callbacks (its thread) ----------------------------------------------------
 
