@@ -66,7 +66,7 @@ def main() -> None:
         audio = decode_file(rec.path)
         processor, _meta = load_processor(config)
         started = time.perf_counter()
-        segments = list(simulate(processor, audio, 16000, chunk_sec=config.min_chunk_size, mode=args.mode))
+        segments = list(simulate(processor, audio, 16000, chunk_sec=0.1, mode=args.mode))
         busy += time.perf_counter() - started
         text = " ".join(s.text for s in segments)
         # audio time at which each segment was committed, after its last word ended

@@ -31,9 +31,12 @@ class ASRConfig(BaseModel):
     )
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
-    beam_size: int = Field(1, ge=1, le=16, description="1 is greedy decoding")
+    beam_size: int = Field(5, ge=1, le=16, description="Beam of the chunk decodes; 1 is greedy decoding")
     final_beam_size: int | None = Field(
         5, ge=1, le=16, description="Beam of the decodes that commit at pauses (vac); None: beam_size"
+    )
+    prompt_chars: int = Field(
+        200, ge=0, le=1000, description="Characters of committed text before the buffer given as the prompt; 0: none"
     )
     window_padding_sec: float | None = Field(
         5.0,

@@ -79,6 +79,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         vad: bool = False,
         vac: bool = False,
         max_buffer_sec: float = MAX_BUFFER_SEC,
+        prompt_chars: int = PROMPT_CHARS,
     ) -> None:
         self.asr = asr
         self.tokenizer = tokenizer  # accepted for the guide's signature; sentences split on punctuation
@@ -92,6 +93,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         # utterance-bounded buffers rest on the voice tracker
         self.vac = vac and vad
         self.max_buffer_sec = min(float(max_buffer_sec), MAX_BUFFER_SEC)
+        self.prompt_chars = int(prompt_chars)
         self.init()
 
     @classmethod
@@ -104,6 +106,7 @@ class OnlineASRProcessor(UtteranceBuffering):
             sample_rate=config.input_sample_rate,
             vad=config.vad if vad is None else vad,
             vac=config.vac,
+            prompt_chars=config.prompt_chars,
         )
 
     # -- the guide's contract ----------------------------------------------------------------
@@ -278,7 +281,7 @@ class OnlineASRProcessor(UtteranceBuffering):
 
     def _remember_for_prompt(self, text: str) -> None:
         self.prompt_words.append(text)
-        while sum(len(w) + 1 for w in self.prompt_words) > PROMPT_CHARS and len(self.prompt_words) > 1:
+        while sum(len(w) + 1 for w in self.prompt_words) > self.prompt_chars and self.prompt_words:
             self.prompt_words.popleft()
 
     def _committed(self, words: list[Word], *, utterance_end: bool = False) -> Committed:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from worker.asr.contracts import ASRProcessor, Committed
+from worker.asr.contracts import ASRProcessor, Committed, StreamingProcessor
 
 SimulationMode = Literal["unaware", "aware", "offline"]
 
@@ -50,8 +50,10 @@ def simulate(
 ) -> Iterator[EmittedSegment]:
     """Yield committed segments while feeding ``audio`` to ``processor``.
 
-    * ``unaware``: chunks of ``chunk_sec`` go in back to back; ``emit`` is the audio time at
-      which the text was committed, so the result does not depend on the machine's speed.
+    * ``unaware``: chunks of ``chunk_sec`` (a producer's frames) go in back to back, and after each
+      the processor runs while it is due, as the worker drives it (a processor that does not say
+      when it is due runs once per chunk); ``emit`` is the audio time at which the text was
+      committed, so the result does not depend on the machine's speed.
     * ``aware``: audio arrives at wall-clock pace and each iteration takes whatever arrived
       while the last one ran, as a live call would; ``emit`` is the wall time since start.
     * ``offline``: all audio at once, one iteration and the tail; a quality reference.
@@ -80,11 +82,16 @@ def simulate(
             upto = min(total, fed + step)
         processor.insert_audio_chunk(audio[fed:upto])
         fed = upto
-        committed = processor.process_iter()
-        emit = (clock() - started) if mode == "aware" else fed / sample_rate
-        seg = _emitted(committed, emit)
-        if seg:
-            yield seg
+        # as the worker drives it: while due (a processor that does not say runs at every chunk)
+        streaming = isinstance(processor, StreamingProcessor)
+        while not streaming or processor.is_due():
+            committed = processor.process_iter()
+            emit = (clock() - started) if mode == "aware" else fed / sample_rate
+            seg = _emitted(committed, emit)
+            if seg:
+                yield seg
+            if not streaming:
+                break
     emit = (clock() - started) if mode == "aware" else total / sample_rate
     seg = _emitted(processor.finish(), emit)
     if seg:

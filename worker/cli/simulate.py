@@ -18,12 +18,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="faster-whisper")
     p.add_argument("--model", default="base")
     p.add_argument("--language", default="en", help="language code, or auto")
-    p.add_argument("--min-chunk-size", type=float, default=2.0, help="seconds of audio per iteration")
+    p.add_argument(
+        "--min-chunk-size", type=float, default=ASRConfig().min_chunk_size, help="seconds of audio per iteration"
+    )
     p.add_argument("--buffer-trimming", choices=["segment", "sentence"], default="segment")
     p.add_argument("--buffer-trimming-sec", type=float, default=15.0)
     p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True, help="skip audio without speech")
-    p.add_argument("--vac", action="store_true", help="commit the tail at the end of each voiced stretch")
-    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument(
+        "--vac",
+        action=argparse.BooleanOptionalAction,
+        default=ASRConfig().vac,
+        help="utterance-bounded buffers: commit at pauses, cut at utterance ends",
+    )
+    p.add_argument("--beam-size", type=int, default=ASRConfig().beam_size)
     p.add_argument("--device", default="auto")
     p.add_argument("--compute-type", default="auto")
     p.add_argument("--mode", choices=["unaware", "aware", "offline"], default="unaware")
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     audio = decode_file(args.audio)
     processor, _meta = load_processor(config)
-    for segment in simulate(processor, audio, 16000, chunk_sec=config.min_chunk_size, mode=args.mode):
+    for segment in simulate(processor, audio, 16000, chunk_sec=0.1, mode=args.mode):
         print(json.dumps(segment.as_json_dict(), ensure_ascii=False), flush=True)
     sys.stdout.flush()
     return 0

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument("--device", help="auto, cpu or cuda[:N]")
     asr.add_argument("--compute-type", help="auto, int8, float16, int8_float16, ...")
     asr.add_argument("--min-chunk-size", type=float, help="seconds of new audio per iteration (default 1.0)")
-    asr.add_argument("--beam-size", type=int, help="default 1 (greedy)")
+    asr.add_argument("--beam-size", type=int, help="beam of the chunk decodes (default 5; 1 is greedy)")
     asr.add_argument("--final-beam-size", type=int, help="beam of the decodes at pauses (default 5)")
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
