@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_the_simulate_command_prints_one_json_object_per_committed_segment():
     assert lines and all(set(obj) == {"emit", "start", "end", "text"} for obj in lines)
     assert all(a["emit"] <= b["emit"] and a["end"] <= b["start"] + 0.1 for a, b in itertools.pairwise(lines))
     text = " ".join(obj["text"] for obj in lines).lower()
-    assert "ask not what your country can do for you" in text.replace(",", "").replace(".", "")
+    text = " ".join(re.sub(r"[^a-z' ]", " ", text).split())  # punctuation varies with the decode
+    assert "ask not what your country can do for you" in text
 
 
 @pytest.mark.parametrize(

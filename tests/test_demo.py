@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,9 @@ def test_the_demo_prints_the_transcript_and_stops_everything_it_started():
     assert any("session started" in line for line in lines)
     assert any("session ended (completed)" in line for line in lines)
     text = " ".join(line.split("] ch0", 1)[1] for line in lines if "] ch0" in line).lower()
-    text = " ".join(text.split())
-    assert "ask not what your country can do for you" in text.replace(",", "").replace(".", "")
+    # "  //" marks an utterance end (JFK pauses after "ask not"); punctuation varies with the decode
+    text = " ".join(re.sub(r"[^a-z' ]", " ", text.replace("//", " ")).split())
+    assert "ask not what your country can do for you" in text
     assert _processes_in_session(proc.pid) == []  # the embedded server and all threads are gone
 
 
