@@ -267,3 +267,27 @@ def test_the_encoder_window_depends_only_on_the_requests_own_length():
     assert encoder_window(2800, 500) == FULL_WINDOW  # never past Whisper's 30 s
     assert encoder_window(100, None) == FULL_WINDOW  # None: faster-whisper's own padding
     assert encoder_window(1, 0) == 500
+
+
+def test_a_decode_that_repeats_four_words_of_its_prompt_counts_as_a_copy_and_three_do_not():
+    from worker.backends.whisper_decode import _copies_prompt, _Decoded, _plain_words, _Prepared
+
+    class Tokenizer:  # token i is vocabulary word i; 99 ends the text
+        eot = 99
+        vocabulary = ("Can", "you", "confirm", "your", "number?", "Yes,", "I", "am.", "date", "of", "birth")
+
+        def decode(self, tokens):
+            return " ".join(self.vocabulary[t] for t in tokens)
+
+    tokenizer = Tokenizer()
+    prompt = _Prepared(np.zeros(0), 1, 500, [], _plain_words("Thank you. Can you confirm your number, please?"))
+
+    def decode(*words: str) -> _Decoded:
+        return _Decoded([tokenizer.vocabulary.index(w) for w in words] + [99], -0.2, 0.0, 1.0)
+
+    assert _copies_prompt(decode("Can", "you", "confirm", "your", "number?", "Yes,"), prompt, tokenizer)
+    # punctuation and case do not hide a copy; three words in a row are not one
+    assert _copies_prompt(decode("Can", "you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
+    assert not _copies_prompt(decode("you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
+    no_prompt = _Prepared(np.zeros(0), 1, 500, [])
+    assert not _copies_prompt(decode("Can", "you", "confirm", "your", "number?"), no_prompt, tokenizer)

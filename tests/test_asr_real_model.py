@@ -152,3 +152,27 @@ def test_vac_commits_the_tail_of_a_voiced_stretch_as_soon_as_the_speaker_pauses(
     assert "shook hands" in text[True] and "shook hands" in text[False]
     # without vac the last words wait for a second agreeing hypothesis; with it, the pause commits them
     assert runs[True][-1].emit < runs[False][-1].emit
+
+
+def test_words_said_again_survive_the_prompt_copy_guard(monkeypatch):
+    from worker.asr.contracts import TranscribeRequest
+    from worker.backends import whisper_decode
+    from worker.backends.faster_whisper import FasterWhisperASR
+
+    seen = []
+    guard = whisper_decode._copies_prompt
+
+    def spy(decoded, prepared, tokenizer):
+        seen.append(guard(decoded, prepared, tokenizer))
+        return seen[-1]
+
+    monkeypatch.setattr(whisper_decode, "_copies_prompt", spy)
+    asr = FasterWhisperASR("en", "base", final_beam_size=5)
+    audio = decode_file(speech_dir() / "01_jfk_inaugural_1961.wav")
+    # the prompt holds the very words the speaker says: the guard decodes again without it, and
+    # what the audio says is kept
+    prompt = "And so, my fellow Americans, ask not what your country can do for you"
+    result = asr.transcribe_requests([TranscribeRequest(audio, prompt, final=True)])[0]
+    text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in asr.ts_words(result)).lower()).split())
+    assert seen == [True]
+    assert "ask not what your country can do for you" in text

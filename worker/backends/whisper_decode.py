@@ -13,7 +13,10 @@ long), so here every request is one window, and the whole batch goes through fou
    own prompt, returning scores and no-speech probabilities. Tokens after the last timestamp are
    kept as a final segment (faster-whisper drops them and decodes again from there, which costs
    a 30 s encode and loses the words at the end of a buffer). A request whose text repeats
-   itself (compression ratio above 2.4) is decoded again with beam 5, deterministically;
+   itself (compression ratio above 2.4) is decoded again with beam 5, deterministically, and
+   one whose text repeats four words of its prompt in a row is decoded again without the
+   prompt (Whisper copies its prompt on short or unclear audio; words really said again are
+   heard again without it);
 4. **align**: one ``align`` per bucket gives the word timestamps.
 
 A request's window, prompt and beam depend only on the request, never on its batch-mates, so
@@ -51,6 +54,9 @@ LOOP_MAX_PERIOD = 4
 LOOP_REPEATS = 4
 #: Tokens of previous text in a prompt (the processor gives ~200 characters, ~45 tokens).
 PROMPT_TOKENS = 48
+#: A decode that repeats this many consecutive words of its prompt may be copying the prompt
+#: (Whisper does so on short or unclear audio); it is decoded again without one.
+PROMPT_COPY_WORDS = 4
 _SENTENCE_MARKS = ".。!！?？"
 _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
@@ -102,6 +108,11 @@ class _Prepared:
     content: int
     window: int
     prompt: list[int]
+    #: The prompt's previous-text words, normalised (empty without a prompt).
+    previous: tuple[str, ...] = ()
+
+    def without_prompt(self, tokenizer: Any) -> _Prepared:
+        return _Prepared(self.features, self.content, self.window, list(tokenizer.sot_sequence))
 
 
 def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
@@ -126,6 +137,13 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             )
             for k, d in zip(retry, again, strict=True):
                 decoded[k] = d
+        copied = [k for k, d in enumerate(decoded) if _copies_prompt(d, prepared[members[k]], tokenizer)]
+        if copied:
+            # the same request without its prompt: what it says then was said, not copied
+            bare = [prepared[members[k]].without_prompt(tokenizer) for k in copied]
+            again = _generate(model, tokenizer, _select(encoded, copied), bare, beam, options)
+            for k, d in zip(copied, again, strict=True):
+                decoded[k] = d
         for d in decoded:
             # still looping: keep the text before the loop (one copy of the repeated part)
             _cut_loop(d, tokenizer)
@@ -146,11 +164,13 @@ def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: Decode
     content = max(1, min(FULL_WINDOW, features.shape[-1] - 1))
     window = encoder_window(content, options.padding_frames)
     prompt: list[int] = []
+    words: tuple[str, ...] = ()
     if request.prompt.strip():
-        previous = tokenizer.encode(" " + request.prompt.strip())
-        prompt = [tokenizer.sot_prev, *previous[-PROMPT_TOKENS:]]
+        previous = tokenizer.encode(" " + request.prompt.strip())[-PROMPT_TOKENS:]
+        prompt = [tokenizer.sot_prev, *previous]
+        words = _plain_words(tokenizer.decode(previous))
     prompt.extend(tokenizer.sot_sequence)
-    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt)
+    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt, words)
 
 
 def _encode(model: Any, prepared: list[_Prepared], window: int) -> Any:
@@ -248,6 +268,20 @@ def _cut_loop(decoded: _Decoded, tokenizer: Any) -> None:
                 decoded.tokens = decoded.tokens[:n]
                 return
             kept += 1
+
+
+def _plain_words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in (w.strip(_PREPEND + _APPEND).lower() for w in text.split()) if w)
+
+
+def _copies_prompt(decoded: _Decoded, prepared: _Prepared, tokenizer: Any) -> bool:
+    """The decode holds ``PROMPT_COPY_WORDS`` consecutive words that its prompt holds too."""
+    n = PROMPT_COPY_WORDS
+    if len(prepared.previous) < n:
+        return False
+    said = _plain_words(tokenizer.decode(_text_tokens(decoded, tokenizer)))
+    grams = {prepared.previous[i : i + n] for i in range(len(prepared.previous) - n + 1)}
+    return any(said[i : i + n] in grams for i in range(len(said) - n + 1))
 
 
 def _compression_ratio(text: str) -> float:
