@@ -126,9 +126,6 @@ class AsyncProducer:
             lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
         check_open_status(sid, text(status))
-        if text(status) == "created":
-            # a new session under an id used before its retention ran out: no stale copy cursor
-            await self.retry(lambda: self.client.delete(self.keys.forward_cursor(sid)))
         if text(status) == "exists" and text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:

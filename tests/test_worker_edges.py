@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from producer.client import Producer
-from tests.worker_helpers import KEYS, client_for, session_events, synthetic_settings, words_of, write_session
+from tests.worker_helpers import (
+    KEYS,
+    client_for,
+    oracle,
+    session_events,
+    synthetic_settings,
+    words_of,
+    write_session,
+)
 from worker.backends.synthetic import SyntheticASR, encode_words, random_words
 from worker.errors import SessionEndedError
 from worker.metrics import PrometheusObserver
@@ -34,9 +42,38 @@ def test_the_forward_cursor_is_a_key_that_expires_with_the_session(redis_url):
     client = client_for(redis_url)
     cursor_key = KEYS.forward_cursor("call-cursor")
     events = session_events(client, "call-cursor")
-    assert int(client.get(cursor_key)) == events[-1].seq
+    created = client.hget(KEYS.session_state("call-cursor"), "created_ms").decode()
+    assert client.get(cursor_key).decode() == f"{created}:{events[-1].seq}"
     assert 600_000 < client.pttl(cursor_key) <= 1_200_000
     assert client.pttl(KEYS.session_state("call-cursor")) <= 600_000
+
+
+def test_a_forward_cursor_lost_mid_call_copies_no_record_to_the_shard_stream_twice(redis_url):
+    """The cursor can expire in a long silence, or be deleted (older producers did); the commit's
+    record of what was copied (the state's ``fwd``) keeps the copy from starting over at seq 1."""
+    client = client_for(redis_url)
+    words = random_words(20, seed=8)
+    write_session(redis_url, "call-lost-cursor", encode_words(words))
+    worker = Worker(synthetic_settings(redis_url))
+    original = worker.committer._run_pipeline
+    copies = 0
+
+    def forgetful(calls, script):
+        nonlocal copies
+        replies = original(calls, script)
+        if script == "forward":
+            copies += 1
+            if copies in (2, 4):
+                client.delete(KEYS.forward_cursor("call-lost-cursor"))
+        return replies
+
+    worker.committer._run_pipeline = forgetful
+    worker.run(burst=True)
+    assert copies > 4
+    records = [int(f[b"seq"]) for _id, f in client.xrange(KEYS.session_output("call-lost-cursor"))]
+    shard = [int(f[b"seq"]) for _id, f in client.xrange(KEYS.events(KEYS.shard_of("call-lost-cursor")))]
+    assert shard == records
+    assert words_of(session_events(client, "call-lost-cursor")) == oracle(words)
 
 
 def test_a_backend_failing_one_request_of_a_batch_ends_only_that_session(redis_url, monkeypatch):

@@ -93,11 +93,13 @@ class Keyspace:
         return self._global("dlq", shard)
 
     def forward_cursor(self, sid: str) -> str:
-        """String: the last record seq of ``sid`` copied to its shard's events/dlq streams.
+        """String ``<incarnation>:<seq>``: the last record of ``sid`` copied to its shard's streams.
 
         One key per session in the shard's slot, expiring twice the retention after its last copy,
-        so cursors never pile up; a producer deletes it when it creates a session under an id
-        used before, so that session's copy starts from zero.
+        so cursors never pile up. The incarnation is the session state's ``created_ms``: a session
+        opened later under the same id ignores an old cursor. The state's ``fwd`` field holds the
+        same seq (written by each commit), so a cursor that expired or was deleted mid-call never
+        makes the copy start over (see ``forward.lua``).
         """
         return f"{self._global('fwd', self.shard_of(sid))}:{sid}"
 

@@ -24,6 +24,14 @@ OK, FENCED, ERROR = "ok", "fenced", "error"
 
 
 @dataclass
+class Copied:
+    """How far a session's records are copied to its shard: its incarnation and last seq."""
+
+    incarnation: str
+    seq: int
+
+
+@dataclass
 class CommitOutcome:
     session: LiveSession
     result: str
@@ -43,6 +51,21 @@ class Committer:
         #: input position of each session when it was acquired, until a commit consumes input
         #: past it: that commit clears the session's attempt count (see ``acquire.lua``)
         self.unproven: dict[str, str] = {}
+        #: how far each owned session's records are copied (read from its state when first needed)
+        self.copied: dict[str, Copied] = {}
+
+    def forget(self, sid: str) -> None:
+        """The session left this worker (ended, handed over, lost): drop what is kept for it."""
+        self.behind.discard(sid)
+        self.unproven.pop(sid, None)
+        self.copied.pop(sid, None)
+
+    def _copy_state(self, sid: str) -> Copied:
+        copied = self.copied.get(sid)
+        if copied is None:
+            created, floor = self.client.hmget(self.keys.session_state(sid), "created_ms", "fwd")
+            copied = self.copied[sid] = Copied(text(created) if created else "", _as_seq(floor))
+        return copied
 
     def commit(self, sessions: list[LiveSession]) -> list[CommitOutcome]:
         """Run ``commit.lua`` for every session in one pipeline."""
@@ -65,6 +88,7 @@ class Committer:
                 "1" if s.ended else "0",
                 self.retention_ms,
                 "1" if proven else "0",
+                self.copied[sid].seq if sid in self.copied else "",
                 len(records),
             ]
             for _seq, r in records:
@@ -123,7 +147,8 @@ class Committer:
         Returns the sessions whose copy is behind their last record (a failed or refused copy);
         a later call for such a session re-reads what is missing from its own streams first.
         """
-        calls, copied = [], []
+        calls: list[tuple[list[str], list[Any]]] = []
+        lasts: list[tuple[str, int]] = []
         for sid, given in batches:
             records = self.pending_records(sid) if sid in self.behind else given
             if not records:
@@ -131,23 +156,35 @@ class Committer:
                 continue
             shard = self.keys.shard_of(sid)
             keys = [self.keys.events(shard), self.keys.dead_letters(shard), self.keys.forward_cursor(sid)]
-            args: list[Any] = [sid, self.events_maxlen, 2 * self.retention_ms, len(records)]
+            copied = self._copy_state(sid)
+            args: list[Any] = [
+                sid,
+                self.events_maxlen,
+                2 * self.retention_ms,
+                copied.incarnation,
+                copied.seq,
+                len(records),
+            ]
             for seq, r in records:
                 args += [seq, r.kind, r.type, r.payload]
             calls.append((keys, args))
-            copied.append((sid, records[-1][0]))
-        for (sid, last), reply in zip(copied, self._run_pipeline(calls, "forward"), strict=True):
+            lasts.append((sid, records[-1][0]))
+        for (sid, last), reply in zip(lasts, self._run_pipeline(calls, "forward"), strict=True):
             if isinstance(reply, Exception | list) or int(reply) < last:  # a list: a wrong-typed stream
                 # the records are committed; the next copy of this session starts at its cursor
                 log.warning("session %s: copy to the shard streams is behind: %s", sid, reply)
                 self.behind.add(sid)
             else:
                 self.behind.discard(sid)
-        return {sid for sid, _last in copied if sid in self.behind}
+            if not isinstance(reply, Exception | list):
+                self.copied[sid].seq = max(self.copied[sid].seq, int(reply))
+        return {sid for sid, _last in lasts if sid in self.behind}
 
     def pending_records(self, sid: str) -> list[tuple[int, Record]]:
         """Committed records of ``sid`` not yet copied to its shard (after a crash in between)."""
-        cursor = int(self.client.get(self.keys.forward_cursor(sid)) or 0)
+        self.copied.pop(sid, None)  # read afresh: another worker may have copied since
+        copied = self._copy_state(sid)
+        cursor = max(copied.seq, _cursor_seq(self.client.get(self.keys.forward_cursor(sid)), copied.incarnation))
         found: list[tuple[int, Record]] = []
         for key, kind in ((self.keys.session_output(sid), "e"), (self.keys.session_dead_letters(sid), "d")):
             last = "+"
@@ -186,3 +223,21 @@ class Committer:
             return list(pipe.execute(raise_on_error=False))
         except RedisError as e:
             return [e] * len(calls)
+
+
+def _as_seq(value: Any) -> int:
+    """A seq stored in Redis; anything else (absent, not a number) counts as 0."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _cursor_seq(value: Any, incarnation: str) -> int:
+    """The seq of a forward cursor ``<incarnation>:<seq>`` if it is this incarnation's (see forward.lua)."""
+    if value is None:
+        return 0
+    stored, sep, seq = text(value).rpartition(":")
+    if not sep:
+        return _as_seq(seq)  # written before cursors named their incarnation
+    return _as_seq(seq) if stored == incarnation else 0

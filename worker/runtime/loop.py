@@ -182,9 +182,8 @@ class Worker:
                 if s.lease.shard == shard and s.lease.entry_id == entry_id:
                     log.warning("lost the lease of session %s; dropping it", sid)
                     del self.sessions[sid]
-                    self.committer.behind.discard(sid)  # the new owner copies what is left
+                    self.committer.forget(sid)  # the new owner copies what is left
                     self.commit_retry.forget(sid)
-                    self.committer.unproven.pop(sid, None)
 
     def _take_sessions(self) -> int:
         if self._stopping.is_set():
@@ -229,7 +228,7 @@ class Worker:
         if outcome.status in ("ended", "missing", "duplicate", "unusable"):
             if outcome.status == "ended":
                 behind = self.committer.forward([(sid, self.committer.pending_records(sid))])
-                self.committer.behind.discard(sid)
+                self.committer.forget(sid)
                 if behind:
                     # still not copied: leave the lease to expire, so a later janitor pass retries
                     return
@@ -238,6 +237,7 @@ class Worker:
             return
         session = outcome.session
         assert session is not None
+        self.committer.forget(sid)  # nothing kept from an earlier time this worker held it
         if outcome.takeover:
             self.observer.takeover()
             log.info("took over session %s (epoch %d)", sid, session.lease.epoch)
@@ -325,14 +325,13 @@ class Worker:
                     self.observer.latency(time.time() - s.stats.latest_sent_at)
             elif o.result == FENCED:
                 self.commit_retry.forget(s.session_id)
-                self.committer.unproven.pop(s.session_id, None)
                 self.sessions.pop(s.session_id, None)
                 if o.detail == "seq_mismatch":
                     # our commit landed but its reply was lost: the lease is still ours, so hand it
                     # over now; whoever claims it (perhaps we) restores from that commit
                     with contextlib.suppress(RedisError):
                         self.leases.release(s.lease.shard, s.lease.entry_id)
-                self.committer.behind.discard(s.session_id)  # the new owner copies them
+                self.committer.forget(s.session_id)  # the new owner copies them
             else:
                 delay = self.commit_retry.failed(s.session_id)
                 log.warning("session %s: commit failed; next try in %.2f s", s.session_id, delay)
@@ -361,7 +360,7 @@ class Worker:
                 log.warning("session %s ended, but closing its lease failed (retrying): %s", sid, e)
                 continue
             self.sessions.pop(sid, None)
-            self.committer.unproven.pop(sid, None)
+            self.committer.forget(sid)
             self.observer.session_ended(_reason_label(s.ended_reason))
             log.info("session %s ended (%s)", sid, s.ended_reason)
 

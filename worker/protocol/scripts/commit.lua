@@ -1,6 +1,6 @@
 -- commit.lua: one processing iteration of one session, atomically.
 --
--- KEYS[1]  P:{sid}:state   hash: epoch, checkpoint, out_seq, status, attempts
+-- KEYS[1]  P:{sid}:state   hash: epoch, checkpoint, out_seq, status, attempts, fwd
 -- KEYS[2]  P:{sid}:in      input stream, trimmed up to what the processor still needs
 -- KEYS[3]  P:{sid}:out     output events
 -- KEYS[4]  P:{sid}:dlq     dead letters of this session
@@ -12,7 +12,9 @@
 -- ARGV[5]  "1" if this commit ends the session
 -- ARGV[6]  retention in milliseconds, applied to every session key when it ends
 -- ARGV[7]  "1" if this commit consumed input after the owner's restore: clears 'attempts'
--- ARGV[8]  n, the number of records; then n triples: kind ("e" event, "d" dead letter), type, payload
+-- ARGV[8]  the last record seq copied to the shard streams ('fwd', the floor of forward.lua's
+--          cursor), or "" if the caller does not know it
+-- ARGV[9]  n, the number of records; then n triples: kind ("e" event, "d" dead letter), type, payload
 --
 -- Returns {"ok", next_out_seq}, {"fenced", epoch}, {"seq_mismatch", out_seq}, or
 -- {"wrongtype", key} when a key it would write holds another type (nothing is written).
@@ -25,10 +27,10 @@ end
 if state[2] ~= ARGV[2] then
   return {'seq_mismatch', state[2] or ''}
 end
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
 local writes = {[2] = ARGV[4] ~= '', [3] = false, [4] = false}
 for i = 0, n - 1 do
-  if ARGV[9 + 3 * i] == 'e' then writes[3] = true else writes[4] = true end
+  if ARGV[10 + 3 * i] == 'e' then writes[3] = true else writes[4] = true end
 end
 for k = 2, 4 do
   if writes[k] then
@@ -40,7 +42,7 @@ for k = 2, 4 do
 end
 local seq = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  local kind, rtype, payload = ARGV[9 + 3 * i], ARGV[10 + 3 * i], ARGV[11 + 3 * i]
+  local kind, rtype, payload = ARGV[10 + 3 * i], ARGV[11 + 3 * i], ARGV[12 + 3 * i]
   seq = seq + 1
   if kind == 'e' then
     redis.call('XADD', KEYS[3], '*', 'seq', seq, 'type', rtype, 'm', payload)
@@ -54,6 +56,9 @@ if ARGV[3] ~= '' then
 end
 if ARGV[7] == '1' then
   redis.call('HDEL', KEYS[1], 'attempts')
+end
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'fwd', ARGV[8])
 end
 if ARGV[4] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
