@@ -200,3 +200,17 @@ def test_a_model_that_fails_to_load_ends_its_session_not_the_worker(redis_url, m
     events = session_events(client_for(redis_url), "call-oom")
     assert [e.TYPE for e in events] == ["session_started", "error", "session_ended"]
     assert events[1].code == "backend_error" and "out of memory" in events[1].message
+
+
+def test_labelled_counters_are_exported_at_zero_before_their_first_event():
+    from prometheus_client import generate_latest
+
+    from worker.runtime.inputs import REJECTION_REASONS
+
+    exposition = generate_latest(PrometheusObserver().registry).decode()
+    for reason in REJECTION_REASONS:
+        assert f'streamscribe_rejected_inputs_total{{reason="{reason}"}} 0.0' in exposition
+    for reason in ("completed", "stalled", "error", "other"):
+        assert f'streamscribe_sessions_ended_total{{reason="{reason}"}} 0.0' in exposition
+    for result in ("ok", "fenced", "error"):
+        assert f'streamscribe_commits_total{{result="{result}"}} 0.0' in exposition

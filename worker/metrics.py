@@ -15,6 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from worker.runtime.inputs import REJECTION_REASONS
+
+#: Label values of the labelled counters, each exported at 0 until its first event.
+COMMIT_RESULTS = ("ok", "fenced", "error")
+END_REASONS = ("completed", "stalled", "error", "other")
+
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120)
@@ -72,6 +78,12 @@ class PrometheusObserver(WorkerObserver):
         self.sessions_ended_total = Counter(
             "streamscribe_sessions_ended_total", "Sessions ended by this worker, by reason", ["reason"], registry=r
         )
+        for result in COMMIT_RESULTS:
+            self.commits_total.labels(result=result)
+        for reason in REJECTION_REASONS:
+            self.rejected_inputs_total.labels(reason=reason)
+        for reason in END_REASONS:
+            self.sessions_ended_total.labels(reason=reason)
         self.sessions_active = Gauge("streamscribe_sessions_active", "Sessions this worker owns", registry=r)
         self.sessions_capacity = Gauge(
             "streamscribe_sessions_capacity", "Sessions this worker may own (max_sessions)", registry=r

@@ -24,6 +24,21 @@ BAD_SESSION = "bad_session"
 #: Fatal error codes of a session whose processing failed (no rejected input of its own).
 PROCESSING_FAILED = "processing_failed"
 QUARANTINED = "quarantined"
+#: Every reason above: the metric exports each at 0 from the start, so a rate() over it works
+#: before the first rejection and an alert can tell "none yet" from "not exported".
+REJECTION_REASONS = (
+    MALFORMED,
+    UNSUPPORTED_VERSION,
+    CHUNK_TOO_LARGE,
+    BAD_AUDIO,
+    SEQ_DUPLICATE,
+    SEQ_GAP,
+    AFTER_END,
+    NOT_ALLOWED,
+    BAD_SESSION,
+    PROCESSING_FAILED,
+    QUARANTINED,
+)
 
 
 @dataclass(frozen=True)

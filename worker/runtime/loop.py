@@ -17,7 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from worker.errors import ConfigError
-from worker.metrics import LoopHeartbeat, WorkerObserver
+from worker.metrics import END_REASONS, LoopHeartbeat, WorkerObserver
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
@@ -390,13 +390,12 @@ class Worker:
 
 
 _FAILED = object()
+
+
 #: ``session_ended`` reasons counted by name; a producer's free-text end reason counts as "other".
-_REASON_LABELS = frozenset({"completed", "stalled", "error"})
-
-
 def _reason_label(reason: str | None) -> str:
     reason = reason or "completed"
-    return reason if reason in _REASON_LABELS else "other"
+    return reason if reason in END_REASONS else "other"
 
 
 def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
