@@ -82,13 +82,15 @@ class RedisServerProcess:
     extra_args: list[str] = field(default_factory=list)
     host: str = HOST
     port: int = 0  # 0: pick a free port (and retry on a lost race)
+    password: str = ""  # set: the server requires it (requirepass), and url and client use it
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     dir: Path | None = field(default=None, init=False)
     version: str = field(default="", init=False)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -98,6 +100,7 @@ class RedisServerProcess:
     def client(self, **kwargs) -> redis.Redis:
         """A client for this server; by default it fails at once instead of retrying with backoff."""
         kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+        kwargs.setdefault("password", self.password or None)
         return redis.Redis(host=self.host, port=self.port, **kwargs)
 
     def start(self) -> RedisServerProcess:
@@ -133,6 +136,7 @@ class RedisServerProcess:
             "--appendonly", "no",
             "--daemonize", "no",
             "--logfile", "",  # log to stdout, which goes to server.log
+            *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.servers import RedisServerProcess
+from tests.servers import RedisServerProcess, available_server_kinds, binary_for_kind, free_port
 from tests.worker_helpers import (
     KEYS,
     RealtimeProducer,
@@ -320,3 +320,28 @@ def test_a_stopping_worker_hands_over_only_the_leases_it_still_holds(redis_url):
 
     assert holder("kept") == HANDOVER_CONSUMER, "its own lease is parked for the next janitor pass"
     assert holder("taken") == "successor", "a lease it lost stays with the worker that took it"
+
+
+@pytest.mark.parametrize("kind", available_server_kinds())
+def test_a_worker_started_before_its_redis_waits_for_it_and_then_serves(fleet, kind):
+    port = free_port()
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    spawned: list = []
+    thread = threading.Thread(target=lambda: spawned.append(fleet.spawn(url, "early", ready_timeout=60)))
+    thread.start()
+    log_path = fleet.log_dir / "early.log"
+    wait_for(lambda: log_path.exists() and log_path.read_text().count("cannot be reached") >= 2, 20, "retries")
+    assert thread.is_alive(), "the worker exited instead of waiting for Redis"
+    log = log_path.read_text()
+    assert "Traceback" not in log and "s3cret" not in log and "redis://:***@127.0.0.1" in log
+    with RedisServerProcess(binary_for_kind(kind), port=port, password="s3cret"):
+        thread.join(timeout=60)
+        assert spawned, "the worker did not become ready once Redis was up"
+        words = random_words(8, seed=41)
+        write_session(url, "after-redis", encode_words(words))
+        client = client_for(url)
+        wait_for(lambda: ended(client, "after-redis"), 20, "the session to end")
+        assert words_of(session_events(client, "after-redis")) == oracle(words)
+        spawned[0].send(signal.SIGTERM)
+        assert spawned[0].proc.wait(timeout=20) == 0
+    assert "s3cret" not in log_path.read_text()

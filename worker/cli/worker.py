@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import threading
+
+from redis.exceptions import RedisError
 
 from worker.metrics import MetricsServer, PrometheusObserver
+from worker.runtime.connection import masked
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
+
+#: Waits between attempts to reach Redis at start: doubling from the first up to the cap.
+CONNECT_RETRY_FIRST_SEC = 0.5
+CONNECT_RETRY_MAX_SEC = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +89,50 @@ def run(args: argparse.Namespace) -> int:
     if args.log_level is None:  # an explicit --log-level wins over the setting
         logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     observer = PrometheusObserver()
-    worker = Worker(settings, observer=observer)
-    metrics = MetricsServer(observer.registry, worker.healthy, settings.metrics_host, settings.metrics_port)
+    stopping = threading.Event()
+    worker: Worker | None = None
+    # /healthz answers 503 until the worker reached Redis, and from then on says what it says
+    metrics = MetricsServer(
+        observer.registry, lambda: worker is not None and worker.healthy(), settings.metrics_host, settings.metrics_port
+    )
     metrics.start()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: handing sessions over and stopping", signum)
-        worker.stop()
+        stopping.set()
+        if worker is not None:
+            worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("worker %s on %s, metrics on port %d", settings.worker_id, settings.redis_url, metrics.port)
-    print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
     try:
+        worker = _connected(settings, observer, stopping)
+        if worker is None:
+            return 0
+        log.info("worker %s on %s, metrics on port %d", settings.worker_id, masked(settings.redis_url), metrics.port)
+        print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
+        if stopping.is_set():  # a signal while connecting
+            worker.stop()
         worker.run(burst=args.burst)
     finally:
         metrics.stop()
     return 0
+
+
+def _connected(settings: WorkerSettings, observer: PrometheusObserver, stopping: threading.Event) -> Worker | None:
+    """A worker connected to Redis; while Redis cannot be reached, retry with back-off (None: stopped).
+
+    A worker started before its Redis (compose, a rolling restart of both) waits for it instead of
+    exiting with a traceback and leaving the restart policy to spin.
+    """
+    delay = CONNECT_RETRY_FIRST_SEC
+    while not stopping.is_set():
+        try:
+            return Worker(settings, observer=observer)
+        except RedisError as e:
+            log.warning(
+                "Redis at %s cannot be reached (%s); trying again in %.1f s", masked(settings.redis_url), e, delay
+            )
+        stopping.wait(delay)
+        delay = min(delay * 2, CONNECT_RETRY_MAX_SEC)
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -29,6 +30,18 @@ def connect(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
     if cluster:
         return RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+def masked(url: str) -> str:
+    """``url`` fit for a log line: its password (and a lone user token) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def text(value: Any) -> str:
