@@ -46,9 +46,10 @@ def test_streaming_wer_with_the_defaults_is_within_one_and_a_half_points_of_offl
     assert streaming_wer <= offline_wer + 0.015
 
 
-def test_a_restored_snapshot_reproduces_every_later_output_with_the_real_model():
+@pytest.mark.parametrize("policy", ["agreement", "utterance"])
+def test_a_restored_snapshot_reproduces_every_later_output_with_the_real_model(policy):
     audio = decode_file(speech_dir() / "07_librispeech_1995-1837-0001.wav")
-    config = ASRConfig.parse(min_chunk_size=1.0)
+    config = ASRConfig.parse(min_chunk_size=1.0, commit_policy=policy)
     step = 16000
 
     def run(proc, start: int) -> list[tuple]:

@@ -78,3 +78,28 @@ def test_the_mu_law_call_streams_at_8_khz_without_loops(ci_calls, tmp_path):
     assert not any(len(set(words[i : i + 4])) == 1 for i in range(len(words) - 3))
     assert result.streaming_score.wer <= result.offline_score.wer + 0.15
     assert decode_file(call.ulaw8k, 8000).shape[0] == round(call.seconds * 8000)
+
+
+def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_calls, tmp_path):
+    call = ci_calls[3]
+    config = ASRConfig(commit_policy="utterance", beam_size=1)
+    audio = decode_file(call.mix16k, 16000)
+    processor, _ = load_processor(config)
+    segments, partial_seen = [], 0
+    for fed in range(0, audio.shape[0], 1600):
+        processor.insert_audio_chunk(audio[fed : fed + 1600])
+        while processor.is_due():
+            committed = processor.process_iter()
+            if committed.text:
+                segments.append(committed)
+            partial_seen += bool(processor.partial().text)
+    final = processor.finish()
+    if final.text:
+        segments.append(final)
+    # nothing commits inside a stretch: each commit closes one (no turn here is near the 28 s cap)
+    assert segments and all(s.utterance_end for s in segments)
+    assert partial_seen >= len(segments) // 2  # chunk decodes show the stretch while it is spoken
+    # the same call scored as the benchmark scores it, against offline on the same audio
+    result = evaluate(Stream("mix", call, call.mix16k, 16000, None, call.reference), config, tmp_path)
+    print(f"{call.name}: offline {result.offline_score.wer:.4f} utterance commits {result.streaming_score.wer:.4f}")
+    assert result.streaming_score.wer <= result.offline_score.wer + 0.04

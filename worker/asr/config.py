@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from worker.errors import ConfigError
 
@@ -29,6 +29,12 @@ class ASRConfig(BaseModel):
     vac: bool = Field(
         True, description="Utterance-bounded buffers (with vad): commit and cut at each pause of 0.5 s or more"
     )
+    commit_policy: Literal["agreement", "utterance"] = Field(
+        "agreement",
+        description="agreement: commit what two chunk decodes agree on, and at pauses (lowest latency);"
+        " utterance (with vac): commit each utterance once, at its end, from one decode in Whisper's"
+        " full 30 s window; chunk decodes only feed partials (closest to offline, commits later)",
+    )
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")
     beam_size: int = Field(5, ge=1, le=16, description="Beam of the chunk decodes; 1 is greedy decoding")
@@ -52,6 +58,12 @@ class ASRConfig(BaseModel):
     )
     model_dir: str | None = Field(None, description="Load the model from this directory")
     cache_dir: str | None = Field(None, description="Where downloaded or joined models live")
+
+    @model_validator(mode="after")
+    def _utterance_commits_need_utterances(self) -> ASRConfig:
+        if self.commit_policy == "utterance" and not (self.vac and self.vad):
+            raise ValueError("commit_policy 'utterance' needs vac and vad on: utterances end at pauses Silero hears")
+        return self
 
     @classmethod
     def parse(cls, **values: Any) -> ASRConfig:

@@ -81,6 +81,11 @@ class HypothesisBuffer:
         self.committed_in_buffer.extend(commit)
         return commit
 
+    def hold(self) -> None:
+        """Make the new hypothesis the unconfirmed one, committing nothing (see ``flush``)."""
+        self.buffer = self.new
+        self.new = []
+
     def force_commit(self, keep_last: int = 0) -> list[Word]:
         """Commit the unconfirmed hypothesis (end of stream, end of voice, hard cap).
 

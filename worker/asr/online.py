@@ -24,7 +24,9 @@ whisper_streaming's voice activity controller does it:
   the stretch with the pause after it as padding, commits the whole hypothesis (marked
   ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
   decode is cheap and the words at a turn's end commit about half a second after they are said;
-* within a stretch, LocalAgreement-2 commits as before.
+* within a stretch, LocalAgreement-2 commits as before; with ``commit_policy="utterance"``
+  nothing commits inside a stretch: its chunk decodes only feed partials, and the stretch is
+  committed once, at its end, from one decode in Whisper's full window.
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost.
 """
@@ -41,7 +43,7 @@ import numpy as np
 from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
 from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
 from worker.asr.hypothesis import HypothesisBuffer
-from worker.asr.utterance import PHRASE_PAUSE_SEC, VAC_SILENCE_SEC, UtteranceBuffering
+from worker.asr.utterance import VAC_SILENCE_SEC, UtteranceBuffering
 from worker.asr.voice import VoiceTracker
 from worker.errors import SnapshotError
 
@@ -80,6 +82,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         vac: bool = False,
         max_buffer_sec: float = MAX_BUFFER_SEC,
         prompt_chars: int = PROMPT_CHARS,
+        commit_policy: str = "agreement",
     ) -> None:
         self.asr = asr
         self.tokenizer = tokenizer  # accepted for the guide's signature; sentences split on punctuation
@@ -94,6 +97,10 @@ class OnlineASRProcessor(UtteranceBuffering):
         self.vac = vac and vad
         self.max_buffer_sec = min(float(max_buffer_sec), MAX_BUFFER_SEC)
         self.prompt_chars = int(prompt_chars)
+        if commit_policy not in ("agreement", "utterance"):
+            raise ValueError(f"commit_policy must be 'agreement' or 'utterance', not {commit_policy!r}")
+        # commits only at utterance ends rest on the voice tracker too
+        self.commit_at_utterance_end = commit_policy == "utterance" and self.vac
         self.init()
 
     @classmethod
@@ -107,6 +114,7 @@ class OnlineASRProcessor(UtteranceBuffering):
             vad=config.vad if vad is None else vad,
             vac=config.vac,
             prompt_chars=config.prompt_chars,
+            commit_policy=config.commit_policy,
         )
 
     # -- the guide's contract ----------------------------------------------------------------
@@ -172,7 +180,7 @@ class OnlineASRProcessor(UtteranceBuffering):
 
     def is_due(self) -> bool:
         """Enough new audio arrived for another iteration, or (``vac``) the voice paused."""
-        if self.vac and (self.voice.pause_after_current() or self.voice.short_pause(PHRASE_PAUSE_SEC)):
+        if self.vac and (self.voice.pause_after_current() or self._phrase_due()):
             return True
         return self.unprocessed_sec >= self.min_chunk_sec
 

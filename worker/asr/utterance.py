@@ -12,6 +12,10 @@ so all a function of the input:
   and committing them now saves a chunk of latency;
 * **chunk**: ``min_chunk_sec`` of new audio in a stretch. LocalAgreement-2, plus words of a
   single hypothesis that the model is sure of and that lie well inside the audio.
+
+With ``commit_policy="utterance"`` there are no short-pause points, and a chunk commits nothing:
+its hypothesis is the partial, and the whole stretch is committed at its end from one decode
+(unless it runs past the buffer's hard cap, which commits what the hypothesis holds).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class UtteranceBuffering:
                 return None
             self._pending = self._final_request(end + round(VAC_TAIL_SEC * self.sample_rate))
             return self._pending
-        if self.voice.short_pause(PHRASE_PAUSE_SEC):
+        if self._phrase_due():
             self._pending_phrase = True
             self._pending = self._final_request(self.buffer_end)
             return self._pending
@@ -68,6 +72,10 @@ class UtteranceBuffering:
             return None
         self._pending = TranscribeRequest(resample(self.audio_buffer, self.sample_rate), self.prompt())
         return self._pending
+
+    def _phrase_due(self: OnlineASRProcessor) -> bool:
+        """A short pause inside the stretch commits the words before it (agreement commits only)."""
+        return not self.commit_at_utterance_end and self.voice.short_pause(PHRASE_PAUSE_SEC)
 
     def _final_request(self: OnlineASRProcessor, upto: int) -> TranscribeRequest:
         """The decode of the buffer up to ``upto`` (absolute samples) that closes a stretch."""
@@ -90,6 +98,9 @@ class UtteranceBuffering:
         if phrase:
             return self._complete_phrase(result)
         self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        if self.commit_at_utterance_end:
+            self.transcript_buffer.hold()  # the partial; the stretch commits at its end
+            return self._committed(self._trim_after_iteration(result, False, drop_unvoiced=False))
         committed = self.transcript_buffer.flush(
             self.buffer_end / self.sample_rate - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY
         )
@@ -115,9 +126,13 @@ class UtteranceBuffering:
 
         ``result`` is ``None`` when the hypothesis of the short pause before is still current.
         """
+        committed = []
         if result is not None:
             self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
-        committed = self.transcript_buffer.flush() if result is not None else []
+            if self.commit_at_utterance_end:
+                self.transcript_buffer.hold()  # this decode alone says what the stretch holds
+            else:
+                committed = self.transcript_buffer.flush()
         committed += self.transcript_buffer.force_commit()
         self.voice.cut_current()
         # cut in the pause (after any word the alignment stretched into it), keeping the

@@ -64,11 +64,13 @@ _APPEND = "\"'.。,，!！?？:：”)]}、"
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """One window to transcribe: 16 kHz audio, the prompt text, and its beam."""
+    """One window to transcribe: 16 kHz audio, the prompt text, its beam, and the silence after
+    the audio in its encoder window (mel frames; ``None``: Whisper's full 30 s window)."""
 
     audio: np.ndarray
     prompt: str
     beam_size: int
+    padding_frames: int | None = 500
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,6 @@ class DecodeOptions:
 
     language: str
     task: str = "transcribe"
-    padding_frames: int | None = 500
 
 
 def encoder_window(content_frames: int, padding_frames: int | None) -> int:
@@ -162,7 +163,7 @@ def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: Decode
     features = model.feature_extractor(request.audio)
     # as faster-whisper's first window: the content excludes the last frame
     content = max(1, min(FULL_WINDOW, features.shape[-1] - 1))
-    window = encoder_window(content, options.padding_frames)
+    window = encoder_window(content, request.padding_frames)
     prompt: list[int] = []
     words: tuple[str, ...] = ()
     if request.prompt.strip():

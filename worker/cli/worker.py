@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument("--min-chunk-size", type=float, help="seconds of new audio per iteration (default 1.0)")
     asr.add_argument("--beam-size", type=int, help="beam of the chunk decodes (default 5; 1 is greedy)")
     asr.add_argument("--final-beam-size", type=int, help="beam of the decodes at pauses (default 5)")
+    asr.add_argument(
+        "--commit-policy",
+        choices=["agreement", "utterance"],
+        help="agreement (default): commit as decodes agree, lowest latency; utterance: commit each"
+        " utterance once at its end, closest to offline (chunk decodes then only feed partials)",
+    )
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -77,6 +83,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "min_chunk_size": args.min_chunk_size,
         "beam_size": args.beam_size,
         "final_beam_size": args.final_beam_size,
+        "commit_policy": args.commit_policy,
     }
     changes = {k: v for k, v in asr_flags.items() if v is not None}
     if not changes:
