@@ -1,4 +1,4 @@
-"""The extension contracts of the integration guide (``../shared/seed``), typed.
+"""The extension contracts of the custom-ASR integration guide, typed (README: "Adding a custom backend").
 
 * :class:`ASRBase` is the model contract: a backend transcribes a 16 kHz float32 buffer and
   exposes word timestamps and segment ends of its result.

@@ -151,9 +151,8 @@ class FasterWhisperASR(ASRBase):
     def _request(self, request: TranscribeRequest) -> Any:
         from worker.backends.whisper_decode import DecodeRequest
 
-        if request.final:
-            return DecodeRequest(request.audio, request.init_prompt, self.final_beam_size, self.final_padding_frames)
-        return DecodeRequest(request.audio, request.init_prompt, self.beam_size, self.padding_frames)
+        padding = self.final_padding_frames if request.final else self.padding_frames
+        return DecodeRequest(request.audio, request.init_prompt, self._beam(request), padding)
 
     def _beam(self, request: TranscribeRequest) -> int:
         return self.final_beam_size if request.final else self.beam_size
