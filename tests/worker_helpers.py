@@ -153,6 +153,7 @@ class WorkerFleet:
         args: Sequence[str] = (),
         prelude: str = "",
         ready_timeout: float = 30.0,
+        cli_args: Sequence[str] = (),
     ) -> WorkerProcess:
         """Start a worker and wait for its "ready" line; ``prelude`` is Python run before the CLI."""
         log_path = self.log_dir / f"{worker_id}.log"
@@ -160,7 +161,7 @@ class WorkerFleet:
         if prelude:
             entry = ["-c", f"{prelude}\nimport sys\nfrom worker.cli.main import main\nsys.exit(main(sys.argv[1:]))"]
         command = [
-            sys.executable, *entry, "--log-level", "INFO", "worker",
+            sys.executable, *entry, "--log-level", "INFO", *cli_args, "worker",
             "--redis-url", url,
             "--worker-id", worker_id,
             "--lease-ttl-sec", str(lease_ttl_sec),

@@ -2,7 +2,8 @@
 
 The loop never touches prometheus-client; it calls :class:`WorkerObserver` hooks. The default
 observer does nothing (tests, burst runs); :class:`PrometheusObserver` records metrics, and
-:func:`serve_http` exposes ``/metrics`` and ``/healthz``. No metric is labelled by session.
+:class:`MetricsServer` exposes ``/metrics``, ``/healthz`` (liveness) and ``/readyz`` (readiness).
+No metric is labelled by session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from worker.runtime.inputs import REJECTION_REASONS
 
@@ -43,6 +52,7 @@ class WorkerObserver:
     def load(
         self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0
     ) -> None: ...
+    def waiting(self, sessions: int) -> None: ...
 
 
 class PrometheusObserver(WorkerObserver):
@@ -85,6 +95,11 @@ class PrometheusObserver(WorkerObserver):
         for reason in END_REASONS:
             self.sessions_ended_total.labels(reason=reason)
         self.sessions_active = Gauge("streamscribe_sessions_active", "Sessions this worker owns", registry=r)
+        self.sessions_waiting = Gauge(
+            "streamscribe_sessions_waiting",
+            "Sessions announced and owned by no worker (fleet-wide: every worker reports it; take the max)",
+            registry=r,
+        )
         self.sessions_capacity = Gauge(
             "streamscribe_sessions_capacity", "Sessions this worker may own (max_sessions)", registry=r
         )
@@ -161,14 +176,34 @@ class PrometheusObserver(WorkerObserver):
         self.utilisation.set(utilisation)
         self.capacity_available_sessions.set(spare)
 
+    def waiting(self, sessions: int) -> None:
+        self.sessions_waiting.set(sessions)
+
+
+def worker_info(registry: CollectorRegistry, **labels: str) -> Info:
+    """``streamscribe_worker_info``: version, backend, model, device and compute type, as labels."""
+    info = Info("streamscribe_worker", "What this worker runs", registry=registry)
+    info.info(labels)
+    return info
+
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` on one port, served from a daemon thread.
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one port, served from a daemon thread.
 
-    ``healthy`` is called per request; ``/healthz`` answers 200 while it returns True, else 503.
+    ``healthy`` and ``ready`` are called per request; each path answers 200 while its callable
+    returns True, else 503. Liveness (``/healthz``) says the process should not be restarted;
+    readiness (``/readyz``) adds that its preloaded models are in memory, so a rollout waits for
+    them. Without ``ready``, readiness is liveness.
     """
 
-    def __init__(self, registry: CollectorRegistry, healthy: Callable[[], bool], host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        host: str,
+        port: int,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         server_self = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,6 +213,9 @@ class MetricsServer:
                 elif self.path.startswith("/healthz"):
                     ok = server_self.healthy()
                     body, status, ctype = (b"ok\n" if ok else b"unhealthy\n"), (200 if ok else 503), "text/plain"
+                elif self.path.startswith("/readyz"):
+                    ok = server_self.ready()
+                    body, status, ctype = (b"ready\n" if ok else b"not ready\n"), (200 if ok else 503), "text/plain"
                 else:
                     body, status, ctype = b"not found\n", 404, "text/plain"
                 self.send_response(status)
@@ -190,6 +228,7 @@ class MetricsServer:
                 return
 
         self.healthy = healthy
+        self.ready = ready or healthy
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

@@ -7,7 +7,7 @@ import socket
 import uuid
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.asr.config import ASRConfig
@@ -68,12 +68,16 @@ class WorkerSettings(BaseSettings):
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["base"], description="Models a session may ask for (comma-separated)"
     )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models (of allowed_models) loaded before the worker takes sessions; /readyz waits for them",
+    )
     metrics_host: str = Field("0.0.0.0", description="Address of /metrics and /healthz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port; -1 is not allowed")
     log_level: str = Field("INFO")
     asr: ASRConfig = Field(default_factory=ASRConfig)
 
-    @field_validator("allowed_backends", "allowed_models", mode="before")
+    @field_validator("allowed_backends", "allowed_models", "preload", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -84,11 +88,20 @@ class WorkerSettings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _preload_is_allowed(self) -> WorkerSettings:
+        refused = [m for m in self.preload if m not in self.allowed_models]
+        if refused:
+            raise ValueError(f"preload names models outside allowed_models {self.allowed_models}: {refused}")
+        return self
+
     @classmethod
     def build(cls, **overrides: object) -> WorkerSettings:
         """Environment and ``.env`` first, then explicit overrides (CLI flags); errors name the field."""
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
+            )
             raise ConfigError(f"invalid worker settings: {problems}") from e

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from worker import __version__
+from worker.cli import logs
 from worker.errors import StreamscribeError
 
 SUBCOMMANDS = ("simulate", "worker", "produce", "tail", "demo", "gateway")
@@ -21,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default WARNING; worker: its setting)"
     )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object per line, for log pipelines"
+    )
+    parser.add_argument("--version", action="version", version=f"streamscribe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         try:
@@ -36,11 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level or "WARNING").upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         return int(args.run(args) or 0)
     except StreamscribeError as e:

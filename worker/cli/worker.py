@@ -6,10 +6,14 @@ import argparse
 import logging
 import signal
 import threading
+import time
 
 from redis.exceptions import RedisError
 
-from worker.metrics import MetricsServer, PrometheusObserver
+from worker import __version__
+from worker.backends.registry import load_processor
+from worker.cli.logs import tag_worker
+from worker.metrics import MetricsServer, PrometheusObserver, worker_info
 from worker.runtime.connection import masked
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
@@ -37,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None, help="default: detect")
     p.add_argument("--allowed-backends", help="comma-separated backends sessions may ask for")
     p.add_argument("--allowed-models", help="comma-separated models sessions may ask for")
+    p.add_argument(
+        "--preload", help="comma-separated models (of --allowed-models) to load before taking sessions; see /readyz"
+    )
     asr = p.add_argument_group("ASR defaults (STREAMSCRIBE_ASR__*)")
     asr.add_argument("--backend", help="default faster-whisper")
     asr.add_argument("--model", help="default base")
@@ -72,6 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "cluster",
         "allowed_backends",
         "allowed_models",
+        "preload",
     )
     settings = WorkerSettings.build(**{n: getattr(args, n) for n in names})
     asr_flags = {
@@ -95,12 +103,32 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.log_level is None:  # an explicit --log-level wins over the setting
         logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    tag_worker(settings.worker_id)
     observer = PrometheusObserver()
+    asr = settings.asr
+    worker_info(
+        observer.registry,
+        version=__version__,
+        backend=asr.backend,
+        model=asr.model,
+        device=asr.device,
+        compute_type=asr.compute_type,
+    )
     stopping = threading.Event()
+    preloaded = threading.Event()
     worker: Worker | None = None
-    # /healthz answers 503 until the worker reached Redis, and from then on says what it says
+
+    def healthy() -> bool:
+        return worker is not None and worker.healthy()
+
+    # /healthz answers 503 until the worker reached Redis, and from then on says what it says;
+    # /readyz also waits for the preloaded models
     metrics = MetricsServer(
-        observer.registry, lambda: worker is not None and worker.healthy(), settings.metrics_host, settings.metrics_port
+        observer.registry,
+        healthy,
+        settings.metrics_host,
+        settings.metrics_port,
+        ready=lambda: preloaded.is_set() and healthy(),
     )
     metrics.start()
 
@@ -116,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         worker = _connected(settings, observer, stopping)
         if worker is None:
             return 0
+        preload(settings, stopping)
+        preloaded.set()
         log.info("worker %s on %s, metrics on port %d", settings.worker_id, masked(settings.redis_url), metrics.port)
         print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
         if stopping.is_set():  # a signal while connecting
@@ -124,6 +154,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         metrics.stop()
     return 0
+
+
+def preload(settings: WorkerSettings, stopping: threading.Event) -> None:
+    """Load each model of ``settings.preload`` into the shared model cache before any session is taken.
+
+    A session that asks for a preloaded model later finds it in memory: its first chunk does not
+    wait for weights to load, and a rollout (``/readyz``) waits for them instead.
+    """
+    for name in settings.preload:
+        if stopping.is_set():
+            return
+        started = time.monotonic()
+        load_processor(settings.asr.replace(model=name))
+        log.info("preloaded model %s in %.1f s", name, time.monotonic() - started)
 
 
 def _connected(settings: WorkerSettings, observer: PrometheusObserver, stopping: threading.Event) -> Worker | None:

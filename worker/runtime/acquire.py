@@ -121,7 +121,12 @@ class SessionFactory:
     ) -> LiveSession:
         """A session that failed too often: it ends at once, without loading or restoring anything."""
         sid = lease.session_id
-        log.error("session %s: %d attempts in a row failed; quarantining it", sid, attempts - 1)
+        log.error(
+            "session %s: %d attempts in a row failed; quarantining it",
+            sid,
+            attempts - 1,
+            extra={"session": sid, "event": "quarantined"},
+        )
         try:
             opened = SessionOpen.decode(open_blob or b"")
             if opened.session_id != sid:

@@ -33,6 +33,9 @@ from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+#: How often a worker counts the fleet's waiting sessions (a few commands per shard).
+WAITING_INTERVAL_SEC = 5.0
+
 
 class Worker:
     """One worker process's loop. ``stop()`` (SIGTERM) hands its sessions over and returns."""
@@ -61,6 +64,7 @@ class Worker:
         self._lost_lock = threading.Lock()
         self._stopping = threading.Event()
         self._next_janitor = 0.0
+        self._next_waiting_count = 0.0
         self._keeper: LeaseKeeper | None = None
         self._keeper_client: Any = None
         #: announcement entries claimed and being acquired (model load, restore): renewed too
@@ -122,7 +126,7 @@ class Worker:
                 # a clean handover: this owner did not die of the session, so it is no failed attempt
                 self.client.hdel(self.keys.session_state(s.session_id), "attempts")
                 self.leases.release(s.lease.shard, s.lease.entry_id)
-                log.info("handed session %s over", s.session_id)
+                log.info("handed session %s over", s.session_id, extra={"session": s.session_id, "event": "handover"})
             except Exception as e:
                 log.warning("could not hand %s over (it expires after the TTL instead): %s", s.session_id, e)
         self.sessions.clear()
@@ -180,7 +184,9 @@ class Worker:
         for shard, entry_id in lost:
             for sid, s in list(self.sessions.items()):
                 if s.lease.shard == shard and s.lease.entry_id == entry_id:
-                    log.warning("lost the lease of session %s; dropping it", sid)
+                    log.warning(
+                        "lost the lease of session %s; dropping it", sid, extra={"session": sid, "event": "lease_lost"}
+                    )
                     del self.sessions[sid]
                     self.committer.forget(sid)  # the new owner copies what is left
                     self.commit_retry.forget(sid)
@@ -238,9 +244,16 @@ class Worker:
         session = outcome.session
         assert session is not None
         self.committer.forget(sid)  # nothing kept from an earlier time this worker held it
+        event = "takeover" if outcome.takeover else "acquired"
+        log.info(
+            "%s session %s (epoch %d)",
+            "took over" if outcome.takeover else "took",
+            sid,
+            session.lease.epoch,
+            extra={"session": sid, "epoch": session.lease.epoch, "event": event},
+        )
         if outcome.takeover:
             self.observer.takeover()
-            log.info("took over session %s (epoch %d)", sid, session.lease.epoch)
             self.committer.forward([(sid, self.committer.pending_records(sid))])
         self.sessions[sid] = session
         self.committer.unproven[sid] = session.in_pos
@@ -362,7 +375,12 @@ class Worker:
             self.sessions.pop(sid, None)
             self.committer.forget(sid)
             self.observer.session_ended(_reason_label(s.ended_reason))
-            log.info("session %s ended (%s)", sid, s.ended_reason)
+            log.info(
+                "session %s ended (%s)",
+                sid,
+                s.ended_reason,
+                extra={"session": sid, "event": "ended", "reason": s.ended_reason},
+            )
 
     def _report_load(self) -> None:
         backlog = sum(s.backlog_sec() for s in self.sessions.values())
@@ -373,6 +391,10 @@ class Worker:
             else self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
         )
         self.observer.load(len(self.sessions), self.settings.max_sessions, backlog, utilisation, spare)
+        now = time.monotonic()
+        if now >= self._next_waiting_count:
+            self._next_waiting_count = now + WAITING_INTERVAL_SEC
+            self.observer.waiting(self.leases.waiting())
 
     # -- lease keeper callbacks (its thread) ----------------------------------------------------
 

@@ -23,6 +23,9 @@ from worker.protocol.keys import HANDOVER_CONSUMER, Keyspace
 from worker.protocol.scripts import Scripts
 from worker.runtime.connection import text
 
+#: The waiting-sessions count reads at most this many entries per shard when Redis has no lag.
+WAITING_COUNT_LIMIT = 10_000
+
 log = logging.getLogger(__name__)
 
 Claimed = tuple[int, str, str]  # (shard, entry id, session id)
@@ -122,6 +125,37 @@ class LeaseManager:
         pipe.xack(stream, self.group, entry_id)
         pipe.xdel(stream, entry_id)
         pipe.execute()
+
+    def waiting(self) -> int:
+        """Sessions announced and owned by no worker: never delivered, or parked by a handover.
+
+        Fleet-wide (every worker sees the same streams), for the waiting-sessions gauge that
+        autoscaling and alerts read. A session whose owner died counts once its lease is taken
+        again, not while its TTL runs.
+        """
+        total = 0
+        for shard in self.keys.all_shards():
+            stream = self.keys.announcements(shard)
+            try:
+                groups = self.client.xinfo_groups(stream)
+            except ResponseError:
+                continue  # no stream yet: nothing was announced there
+            group = next((g for g in groups if text(g["name"]) == self.group), None)
+            if group is None:
+                total += int(self.client.xlen(stream))  # no worker has started yet: all of it waits
+                continue
+            summary = self.client.xpending(stream, self.group)
+            lag = group.get("lag")
+            if lag is None:
+                # Redis cannot tell the lag when deletions blur the count: count the entries after
+                # the last delivered one
+                after = "(" + text(group["last-delivered-id"])
+                lag = len(self.client.xrange(stream, after, "+", count=WAITING_COUNT_LIMIT))
+            parked = sum(
+                int(c["pending"]) for c in summary.get("consumers") or [] if text(c["name"]) == HANDOVER_CONSUMER
+            )
+            total += int(lag) + parked
+        return total
 
     def leave_group(self) -> None:
         """Remove this worker's consumer if it holds nothing (keeps XINFO CONSUMERS tidy)."""
