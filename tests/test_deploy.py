@@ -36,6 +36,9 @@ DASHBOARD = GRAFANA / "dashboards" / "streamscribe.json"
 
 GPU_WORKER, CPU_WORKER, PRODUCER = "worker", "worker-cpu", "demo-producer"
 WORKER_SERVICES = (GPU_WORKER, CPU_WORKER)
+#: The network alias every worker service joins; Prometheus resolves it to every worker container.
+WORKER_ALIAS = "workers"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 METRICS_PORT = 9400
 # Series Prometheus makes itself, and labels it or the scrape config adds to every worker series.
 BUILTIN_SERIES = {"up"}
@@ -108,7 +111,7 @@ def worker_scrape_job() -> dict[str, Any]:
     jobs = [
         job
         for job in prometheus_config()["scrape_configs"]
-        if any(set(WORKER_SERVICES) & set(sd.get("names", [])) for sd in job.get("dns_sd_configs", []))
+        if any(WORKER_ALIAS in sd.get("names", []) for sd in job.get("dns_sd_configs", []))
     ]
     assert len(jobs) == 1, "prometheus.yml should have exactly one scrape job that discovers the workers by DNS"
     return jobs[0]
@@ -278,13 +281,14 @@ def test_docker_compose_config_accepts_the_compose_file(profiles: tuple[str, ...
     assert result.returncode == 0, result.stderr or result.stdout
 
 
-def test_redis_keeps_an_append_only_file_on_a_volume_and_never_evicts() -> None:
+def test_redis_keeps_an_append_only_file_on_a_volume_and_refuses_writes_at_its_memory_cap() -> None:
     redis = service("redis")
     assert str(redis["image"]).split(":")[0] == "redis"
     assert str(redis["image"]).split(":")[1].startswith("7")
     cmd = command_text(redis)
     assert re.search(r"--appendonly\s+\"?yes", cmd), cmd
     assert re.search(r"--maxmemory-policy\s+\"?noeviction", cmd), cmd
+    assert re.search(r"--maxmemory\s+\S+", cmd), "without maxmemory, noeviction never applies: the OOM killer does"
     assert any(target == "/data" and source for source, target in volume_mounts(redis))
     assert "redis-cli" in str(redis["healthcheck"]["test"])
 
@@ -299,6 +303,53 @@ def test_the_gpu_worker_reserves_an_nvidia_gpu_and_runs_by_default() -> None:
     assert environment(worker)["STREAMSCRIBE_ASR__DEVICE"] == "cuda"
     base = worker["build"]["args"]["BASE_IMAGE"]
     assert "cuda:12" in base and "cudnn" in base, base
+
+
+def test_the_gpu_worker_is_pinned_to_one_gpu_so_each_gpu_gets_its_own_worker_service() -> None:
+    devices = service(GPU_WORKER)["deploy"]["resources"]["reservations"]["devices"]
+    (nvidia,) = [d for d in devices if d.get("driver") == "nvidia"]
+    assert nvidia.get("device_ids") == ["0"] and "count" not in nvidia
+    header = COMPOSE.read_text().split("services:", 1)[0]
+    assert 'device_ids: ["1"]' in header, "the header shows how to add a worker for the next GPU"
+
+
+def test_every_service_has_a_health_check_and_a_pinned_image() -> None:
+    for name, svc in compose()["services"].items():
+        check = svc.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), f"{name} has no health check"
+        image = str(svc["image"])
+        tag = image.rpartition(":")[2] if ":" in image else ""
+        assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{name}: image {image!r} is not pinned"
+
+
+@pytest.mark.parametrize("name", WORKER_SERVICES)
+def test_a_stopped_worker_drains_within_its_grace_period(name: str) -> None:
+    worker = service(name)
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM", "SIGTERM makes a worker hand its sessions over"
+    grace = worker["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) >= 10
+    assert "/readyz" in str(worker["healthcheck"]["test"])
+
+
+def test_the_alertmanager_profile_routes_the_alerts_prometheus_sends() -> None:
+    manager = service("alertmanager")
+    assert manager["profiles"] == ["alerts"]
+    assert host_path_of(manager, "/etc/alertmanager/alertmanager.yml") == ALERTMANAGER
+    targets = [
+        t
+        for am in prometheus_config()["alerting"]["alertmanagers"]
+        for sc in am["static_configs"]
+        for t in sc["targets"]
+    ]
+    assert targets == ["alertmanager:9093"]
+
+
+@pytest.mark.skipif(
+    shutil.which("amtool") is None, reason="amtool is not installed (apt-get install prometheus-alertmanager)"
+)
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    result = subprocess.run(["amtool", "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=45)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_cpu_worker_is_behind_the_cpu_profile_and_runs_int8_on_cpu() -> None:
@@ -358,8 +409,9 @@ def test_prometheus_and_grafana_mount_deploy_files_that_exist() -> None:
 def test_prometheus_discovers_and_scrapes_every_worker_replica_on_the_metrics_port() -> None:
     job = worker_scrape_job()
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    names = {name for sd in job["dns_sd_configs"] for name in sd["names"]}
-    assert names >= set(WORKER_SERVICES), "every worker service (GPU and CPU) is discovered"
+    for name in WORKER_SERVICES:
+        aliases = service(name).get("networks", {}).get("default", {}).get("aliases", [])
+        assert WORKER_ALIAS in aliases, f"{name} is not discovered: it does not join the alias {WORKER_ALIAS!r}"
     for sd in job["dns_sd_configs"]:
         assert sd.get("type", "SRV") == "A", "A records: one per replica of a compose service"
         assert sd["port"] == METRICS_PORT
