@@ -5,8 +5,8 @@
 # CPU: any Debian/Ubuntu image with or without Python 3.10+, e.g.
 #   docker build -t streamscribe:cpu --build-arg BASE_IMAGE=python:3.11-slim .
 #
-# The image carries the offline Whisper "base" model (the `base-model` extra), the Twilio gateway's
-# websockets (the `gateway` extra), and no torch.
+# The image carries the worker (the `worker` extra), the offline Whisper "base" model (`base-model`), the
+# Twilio gateway's websockets (`gateway`), and no torch.
 ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 FROM ${BASE_IMAGE}
 
@@ -45,7 +45,7 @@ COPY pyproject.toml ./
 # hadolint ignore=DL3013
 RUN set -eux; \
     mkdir -p worker producer; touch worker/__init__.py producer/__init__.py README.md; \
-    pip install ".[base-model,gateway]"; \
+    pip install ".[worker,base-model,gateway]"; \
     pip uninstall -y streamscribe; \
     rm -rf worker producer README.md build ./*.egg-info
 

@@ -30,10 +30,10 @@ from producer.common import (
     same_entry,
     to_payload,
 )
+from worker.protocol.connection import text
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
 from worker.protocol.scripts import Scripts
-from worker.runtime.connection import text
 
 log = logging.getLogger(__name__)
 

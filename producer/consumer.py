@@ -27,9 +27,9 @@ from redis.exceptions import ResponseError
 
 from producer.common import ConnectionOptions
 from worker.errors import DecodeError
+from worker.protocol.connection import connect, text
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.messages import Event, SessionEnded, decode_event
-from worker.runtime.connection import connect, text
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ class WorkerThread:
 def output_events(url: str, sid: str, keys: Keyspace | None = None) -> list[Event]:
     """The session's output stream, decoded (read directly, not through the consumer)."""
     keys = keys or Keyspace()
-    from worker.runtime.connection import connect
+    from worker.protocol.connection import connect
 
     client = connect(url)
     try:

@@ -17,9 +17,9 @@ from tests.client_helpers import WorkerThread, output_events, run_worker, synthe
 from worker.backends.synthetic import encode_words, random_words
 from worker.cli.main import main
 from worker.cli.tail import clock
+from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import Event, SegmentEvent, SessionEnded, SessionStarted
-from worker.runtime.connection import connect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -240,8 +240,13 @@ def test_tail_json_run_before_the_session_exists_prints_every_event_and_exits(va
     assert [(o["session"], o["seq"], o["type"]) for o in objects] == keyed(output_events(valkey_url, "json-call"))
     segment = objects[1]
     assert segment["type"] == "segment" and set(segment) == {
-        "type", "session", "channel", "seq", "start", "end", "text", "words", "emitted_at", "utterance_end"
+        "type", "session", "channel", "seq", "start", "end", "text", "words", "emitted_at", "utterance_end",
+        "language",
     }  # fmt: skip
+    assert segment["language"] == "en"
+    assert segment["words"] and all(set(w) == {"start", "end", "word", "confidence"} for w in segment["words"])
+    started = objects[0]
+    assert (started["backend"], started["model"], started["language"]) == ("synthetic", "tones", "en")
     assert objects[-1]["type"] == "session_ended" and objects[-1]["reason"] == "completed"
 
 

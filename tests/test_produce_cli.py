@@ -175,5 +175,5 @@ def test_produce_and_tail_use_the_workers_key_prefix_and_shards(redis_url, tmp_p
     assert main(["tail", "k1", "--key-prefix", "acme", "--shards", "2", "--json", "--idle-timeout", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert json.loads(lines[-1])["type"] == "session_ended"
-    words = [w[2] for line in lines for w in json.loads(line).get("words", [])]
+    words = [w["word"] for line in lines for w in json.loads(line).get("words", [])]
     assert words == WORDS_B

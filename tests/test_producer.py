@@ -33,9 +33,9 @@ from tests.client_helpers import (
 )
 from worker.asr.audio import decode_file, resample
 from worker.backends.synthetic import encode_words, expected_words, random_words
+from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, decode_input
-from worker.runtime.connection import connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -82,6 +82,8 @@ class ASRBase:
 
     #: Joins words into text. faster-whisper words carry their leading space, so it uses "".
     sep: str = " "
+    #: With ``lan="auto"``, the language the last decode detected (a backend that detects sets it).
+    detected_language: str | None = None
 
     def __init__(
         self,

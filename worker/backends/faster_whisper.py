@@ -139,8 +139,10 @@ class FasterWhisperASR(ASRBase):
         if not self._batched():
             out = []
             for r in requests:
-                segments, _info = self.model.transcribe(r.audio, **self._options(r.init_prompt, self._beam(r)))
+                segments, info = self.model.transcribe(r.audio, **self._options(r.init_prompt, self._beam(r)))
                 out.append(list(segments))
+                if self.original_language is None:
+                    self.detected_language = info.language
             return out
         from worker.backends.whisper_decode import DecodeOptions, decode_batch
 

@@ -23,6 +23,7 @@ import numpy as np
 from producer.client import Producer, SessionWriter
 from producer.common import add_connection_arguments
 from worker.errors import ConfigError
+from worker.protocol.audiofile import decode_file
 from worker.protocol.messages import ENCODINGS
 from worker.protocol.pcm import BYTES_PER_SAMPLE
 
@@ -32,12 +33,18 @@ WORKER_CHUNK_CAP = 262144
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("produce", help="stream audio files into sessions (one concurrent session per file)")
-    p.add_argument("files", nargs="+", metavar="FILE", help="any format PyAV reads")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="WAV; any format PyAV reads with the files extra; - reads raw audio (--encoding) from stdin",
+    )
     p.add_argument("--realtime", action="store_true", help="send at the audio's own pace (wall-clock speed)")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per chunk, in milliseconds (default 100)")
     p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le", help="mulaw and alaw imply 8000 Hz")
     p.add_argument("--sample-rate", type=int, help="default 16000, or 8000 for mulaw / alaw")
     p.add_argument("--split-channels", action="store_true", help="one multi-channel session (default: downmix)")
+    p.add_argument("--channels", type=int, default=1, help="channels of the raw audio read from stdin (-)")
     p.add_argument("--session-id", help="the session's id (one file only; default: a random id)")
     p.add_argument("--language", help="the session's language code, or auto")
     p.add_argument("--model", help="ask the worker for this model (if it allows it)")
@@ -50,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rate = _sample_rate(args)
+    if "-" in args.files:
+        if len(args.files) > 1:
+            raise ConfigError("- (stdin) is one session; give it alone")
+        return _produce_stdin(args, rate)
     if args.session_id and len(args.files) > 1:
         raise ConfigError("--session-id names one session; it takes exactly one file")
     if args.chunk_ms <= 0:
@@ -102,6 +113,58 @@ def run(args: argparse.Namespace) -> int:
         producer.close()
 
 
+def _produce_stdin(args: argparse.Namespace, rate: int) -> int:
+    """One live session from raw audio on stdin (``--encoding``, ``--sample-rate``, ``--channels``).
+
+    Chunks go out as they arrive, so a pipe from a telephony tool streams live; end of input
+    ends the session as completed, Ctrl-C or SIGTERM as ``error``.
+    """
+    if not 1 <= args.channels <= 8:
+        raise ConfigError("--channels must be 1..8")
+    if args.chunk_ms <= 0:
+        raise ConfigError("--chunk-ms must be positive")
+    frame_bytes = BYTES_PER_SAMPLE[args.encoding] * args.channels
+    chunk_bytes = max(1, rate * args.chunk_ms // 1000) * frame_bytes
+    source = sys.stdin.buffer
+    producer = Producer(args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster)
+    writer = producer.open(
+        args.session_id,
+        sample_rate=rate,
+        encoding=args.encoding,
+        channels=args.channels,
+        language=args.language,
+        model=args.model,
+        backend=args.backend,
+        metadata={"source": "stdin", **_metadata(args.metadata)},
+    )
+    print(writer.session_id, flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    reason = "error"
+    try:
+        while True:
+            data = source.read(chunk_bytes)
+            if not data:
+                break
+            whole = len(data) - len(data) % frame_bytes
+            if whole < len(data):
+                print(
+                    f"streamscribe produce: warning: stdin ended inside a frame; dropped {len(data) - whole} byte(s)",
+                    file=sys.stderr,
+                )
+            if whole:
+                writer.send(data[:whole])
+        reason = "completed"
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        with contextlib.suppress(Exception):
+            writer.close(reason)
+        producer.close()
+
+
 def _sample_rate(args: argparse.Namespace) -> int:
     telephony = args.encoding in ("mulaw", "alaw")
     rate = args.sample_rate or (8000 if telephony else 16000)
@@ -124,8 +187,6 @@ def _metadata(pairs: list[str]) -> dict[str, str]:
 
 def _load(path: str, rate: int, split_channels: bool) -> np.ndarray:
     """``(frames,)`` mono, or ``(frames, channels)`` with ``split_channels`` and a multi-channel file."""
-    from worker.asr.audio import decode_file
-
     audio = decode_file(path, rate, split_channels=split_channels)
     if audio.ndim == 1:
         return audio

@@ -13,7 +13,6 @@ utterance; with ``--partials``, interim text reads ``[00:03.40-00:04.10] ch0 ~ t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Iterable
@@ -80,8 +79,9 @@ def _print_all(events: Iterable[tuple[str | None, Event]], as_json: bool) -> boo
 
 
 def event_json(event: Event) -> str:
-    """``{"type": ..., <the event's fields>}`` on one line."""
-    return json.dumps({"type": event.TYPE, **dataclasses.asdict(event)}, ensure_ascii=False)
+    """``{"type": ..., <the event's fields>}`` on one line, words as objects (``docs/events.schema.json``)."""
+    fields = {k: v for k, v in event.to_dict().items() if k != "v"}
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def format_event(event: Event) -> str:

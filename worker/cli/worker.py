@@ -14,7 +14,7 @@ from worker import __version__
 from worker.backends.registry import load_processor
 from worker.cli.logs import tag_worker
 from worker.metrics import MetricsServer, PrometheusObserver, worker_info
-from worker.runtime.connection import masked
+from worker.protocol.connection import masked
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
 

@@ -7,20 +7,26 @@ Output (workers write them to the session's output stream and the shard's events
   * :class:`SegmentEvent`, :class:`SessionStarted`, :class:`SessionEnded`, :class:`ErrorEvent`;
   * :class:`PartialEvent` in the session's capped partials stream (not numbered, not forwarded).
 
-Every payload is a msgpack map with ``v`` (the protocol version) and ``type``.
+Every payload is a msgpack map with ``v`` (the protocol version) and ``type``. Input messages are
+version 1. Output events are version 2 (``EVENT_VERSION``): words are objects ``{start, end, word,
+confidence}``, segments name their ``language``, ``session_started`` the model, backend and language.
+:func:`decode_event` reads version 1 events too (words as ``[start, end, word, probability]``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import msgpack
 
 from worker.errors import DecodeError
 
 PROTOCOL_VERSION = 1
+#: Version of the output events; consumers read this one and the one before it.
+EVENT_VERSION = 2
+EVENT_VERSIONS = (1, 2)
 Encoding = Literal["pcm_s16le", "pcm_f32le", "mulaw", "alaw"]
 ENCODINGS: tuple[str, ...] = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
 #: The ASR options a producer may set per session (the worker's allow-list narrows them further).
@@ -57,8 +63,8 @@ def _pack(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack_map(raw: bytes) -> dict[str, Any]:
-    """msgpack bytes -> dict, or :class:`DecodeError` saying why not."""
+def unpack_map(raw: bytes, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> dict[str, Any]:
+    """msgpack bytes -> dict, or :class:`DecodeError` saying why not (``v`` must be in ``versions``)."""
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:
@@ -66,8 +72,9 @@ def unpack_map(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DecodeError(f"expected a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
-        raise DecodeError(f"unsupported protocol version {shown(version)} (this worker speaks {PROTOCOL_VERSION})")
+    if type(version) is not int or version not in versions:  # not True, not 1.0
+        speaks = " or ".join(str(v) for v in versions)
+        raise DecodeError(f"unsupported protocol version {shown(version)} (this side speaks {speaks})")
     return obj
 
 
@@ -109,9 +116,10 @@ def _bounded_str(value: Any, what: str, max_chars: int) -> str:
 @dataclass(frozen=True)
 class Message:
     TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": PROTOCOL_VERSION, "type": self.TYPE, **asdict(self)}
+        return {"v": self.VERSION, "type": self.TYPE, **asdict(self)}
 
     def encode(self) -> bytes:
         return _pack(self.to_dict())
@@ -232,12 +240,54 @@ def input_entry_id(seq: int) -> str:
 # -- output ---------------------------------------------------------------------------------------
 
 
+class EventWord(NamedTuple):
+    """One word of a segment or partial: on the wire ``{start, end, word, confidence}``.
+
+    A tuple too, so ``w[2]`` is the word as in version 1's ``[start, end, word, probability]``.
+    ``confidence`` is the model's probability of the word (0..1).
+    """
+
+    start: float
+    end: float
+    word: str
+    confidence: float
+
+
+def _event_words(raw: Any) -> list[EventWord]:
+    """Words of a version 2 event (maps) or a version 1 event (arrays)."""
+    if not isinstance(raw, list):
+        raise DecodeError(f"words must be a list, got {type(raw).__name__}")
+    words = []
+    for w in raw:
+        if isinstance(w, dict):
+            words.append(EventWord(float(w["start"]), float(w["end"]), str(w["word"]), float(w["confidence"])))
+        elif isinstance(w, (list, tuple)) and len(w) >= 3:
+            words.append(EventWord(float(w[0]), float(w[1]), str(w[2]), float(w[3]) if len(w) > 3 else 1.0))
+        else:
+            raise DecodeError(f"a word must be a map or an array, got {shown(w)}")
+    return words
+
+
 @dataclass(frozen=True)
-class SegmentEvent(Message):
-    """Committed text of one channel; ``words`` are ``[start, end, word, probability]``.
+class Event(Message):
+    """An output event (version 2): words are written as maps."""
+
+    VERSION: ClassVar[int] = EVENT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if "words" in out:
+            out["words"] = [EventWord(*w)._asdict() for w in out["words"]]
+        return out
+
+
+@dataclass(frozen=True)
+class SegmentEvent(Event):
+    """Committed text of one channel; ``words`` are :class:`EventWord`.
 
     ``utterance_end``: the segment closes a voiced stretch that at least 500 ms of silence
-    follows on this channel (the speaker stopped; Deepgram's ``speech_final``).
+    follows on this channel (the speaker stopped; Deepgram's ``speech_final``). ``language``: the
+    session's language, or with ``auto`` the one detected (None until it is known).
     """
 
     TYPE: ClassVar[str] = "segment"
@@ -247,13 +297,14 @@ class SegmentEvent(Message):
     start: float
     end: float
     text: str
-    words: list[list[Any]]
+    words: list[EventWord]
     emitted_at: float
     utterance_end: bool = False
+    language: str | None = None
 
 
 @dataclass(frozen=True)
-class PartialEvent(Message):
+class PartialEvent(Event):
     """The unconfirmed hypothesis of one channel after an iteration; it replaces the last one.
 
     Outside the exactly-once record: no ``seq``, kept in a capped stream, and never a change to
@@ -266,12 +317,15 @@ class PartialEvent(Message):
     start: float
     end: float
     text: str
-    words: list[list[Any]]
+    words: list[EventWord]
     emitted_at: float
 
 
 @dataclass(frozen=True)
-class SessionStarted(Message):
+class SessionStarted(Event):
+    """``model``, ``backend`` and ``language`` are what the worker runs for this session
+    (``language`` may be ``auto``: segments then carry the detected one)."""
+
     TYPE: ClassVar[str] = "session_started"
     session: str
     seq: int
@@ -281,22 +335,26 @@ class SessionStarted(Message):
     metadata: dict[str, str]
     worker: str
     emitted_at: float
+    model: str | None = None
+    backend: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
-class SessionEnded(Message):
-    """``reason``: completed, stalled or error; ``totals``: audio_sec, segments, words, errors."""
+class SessionEnded(Event):
+    """``reason``: completed, stalled or error; ``totals``: audio_sec, segments, words, errors,
+    latency_mean_sec and latency_p95_sec (commit latency; None without segments)."""
 
     TYPE: ClassVar[str] = "session_ended"
     session: str
     seq: int
     reason: str
-    totals: dict[str, float]
+    totals: dict[str, float | None]
     emitted_at: float
 
 
 @dataclass(frozen=True)
-class ErrorEvent(Message):
+class ErrorEvent(Event):
     """A problem with this session's input; ``fatal`` means the session ended because of it."""
 
     TYPE: ClassVar[str] = "error"
@@ -308,23 +366,25 @@ class ErrorEvent(Message):
     emitted_at: float
 
 
-Event = SegmentEvent | SessionStarted | SessionEnded | ErrorEvent | PartialEvent
-EVENT_TYPES: dict[str, type[Message]] = {
+EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls for cls in (SegmentEvent, SessionStarted, SessionEnded, ErrorEvent, PartialEvent)
 }
 
 
 def decode_event(raw: bytes) -> Event:
-    """Decode an output event (as consumers do)."""
-    obj = unpack_map(raw)
+    """Decode an output event of version 1 or 2 (as consumers do)."""
+    obj = unpack_map(raw, EVENT_VERSIONS)
     cls = EVENT_TYPES.get(obj.get("type", ""))
     if cls is None:
         raise DecodeError(f"unknown event type {obj.get('type')!r}")
     names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in obj.items() if k in names}
     try:
-        return cls(**{k: v for k, v in obj.items() if k in names})  # type: ignore[return-value]
-    except TypeError as e:
-        raise DecodeError(f"malformed {cls.TYPE} event: {e}") from e
+        if "words" in values:
+            values["words"] = _event_words(values["words"])
+        return cls(**values)
+    except (TypeError, KeyError, ValueError) as e:
+        raise DecodeError(f"malformed {cls.TYPE} event: {e!r}") from e
 
 
 @dataclass(frozen=True)

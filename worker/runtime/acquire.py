@@ -11,12 +11,12 @@ from redis.exceptions import ResponseError
 from worker.asr.config import ASRConfig
 from worker.backends.registry import load_processor
 from worker.errors import ConfigError, DecodeError, StreamscribeError
+from worker.protocol.connection import text
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import SessionOpen
 from worker.protocol.scripts import Scripts
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint
-from worker.runtime.connection import text
 from worker.runtime.restore import restore_session
 from worker.runtime.session import LiveSession, SessionLease
 from worker.settings import WorkerSettings
@@ -110,11 +110,11 @@ class SessionFactory:
             loaded = [load_processor(config) for _ in range(opened.channels)]
         except Exception as e:  # faster-whisper, ctranslate2 and the hub raise their own types
             # the session asked for something allowed; this worker could not provide it
-            session = self._live(lease, opened, [], opened.sample_rate)
+            session = self._live(lease, opened, [], opened.sample_rate, config)
             session.fail("backend_error", str(e))
             return session
         rate = int(loaded[0][1].get("sample_rate", 16000))
-        return self._live(lease, opened, [p for p, _meta in loaded], rate)
+        return self._live(lease, opened, [p for p, _meta in loaded], rate, config)
 
     def _quarantined(
         self, lease: SessionLease, open_blob: bytes | None, checkpoint: bytes, out_seq: int, attempts: int
@@ -150,7 +150,14 @@ class SessionFactory:
         session.reject_open(reason, message, raw)
         return session
 
-    def _live(self, lease: SessionLease, opened: SessionOpen, processors: list[Any], rate: int) -> LiveSession:
+    def _live(
+        self,
+        lease: SessionLease,
+        opened: SessionOpen,
+        processors: list[Any],
+        rate: int,
+        config: ASRConfig | None = None,
+    ) -> LiveSession:
         return LiveSession(
             lease,
             opened,
@@ -158,6 +165,7 @@ class SessionFactory:
             worker_id=self.settings.worker_id,
             max_chunk_bytes=self.settings.max_chunk_bytes,
             processor_rate=rate,
+            config=config,
         )
 
     def _check_allowed(self, opened: SessionOpen) -> None:

@@ -26,24 +26,79 @@ class FedEntry:
     start_frame: int
 
 
+#: Upper edges (seconds) of the commit-latency histogram a session keeps for its totals.
+LATENCY_EDGES = (0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120)
+
+
 @dataclass
 class Totals:
+    """What ``session_ended`` reports; checkpointed, so a takeover keeps counting.
+
+    Commit latency is, per segment, the time from the producer's ``sent_at`` of the newest chunk
+    the iteration consumed to the segment's emission (the end-to-end metric, per session). Its p95
+    comes from a histogram (``LATENCY_EDGES``): the upper edge of the bucket that holds it, or the
+    largest latency seen when that is smaller.
+    """
+
     audio_sec: float = 0.0
     segments: int = 0
     words: int = 0
     errors: int = 0
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES) + 1))
 
-    def as_dict(self) -> dict[str, float]:
-        return {
+    def observe_latency(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.latency_sum += seconds
+        self.latency_max = max(self.latency_max, seconds)
+        self.latency_buckets[next((i for i, e in enumerate(LATENCY_EDGES) if seconds <= e), len(LATENCY_EDGES))] += 1
+
+    def latency_p95(self) -> float | None:
+        count = sum(self.latency_buckets)
+        if not count:
+            return None
+        rank, seen = 0.95 * count, 0
+        for i, n in enumerate(self.latency_buckets):
+            seen += n
+            if seen >= rank:
+                return min(float(LATENCY_EDGES[i]), self.latency_max) if i < len(LATENCY_EDGES) else self.latency_max
+        return None  # pragma: no cover - the loop always reaches the rank
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The ``totals`` of ``session_ended``."""
+        count = sum(self.latency_buckets)
+        p95 = self.latency_p95()
+        return {  # mean and p95 are None when no segment was committed
             "audio_sec": round(self.audio_sec, 3),
             "segments": self.segments,
             "words": self.words,
             "errors": self.errors,
+            "latency_mean_sec": round(self.latency_sum / count, 3) if count else None,
+            "latency_p95_sec": None if p95 is None else round(p95, 3),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint keeps."""
+        return {
+            "audio_sec": self.audio_sec,
+            "segments": self.segments,
+            "words": self.words,
+            "errors": self.errors,
+            "latency_sum": self.latency_sum,
+            "latency_max": self.latency_max,
+            "latency_buckets": list(self.latency_buckets),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Totals:
-        return cls(float(d["audio_sec"]), int(d["segments"]), int(d["words"]), int(d["errors"]))
+    def from_state(cls, d: dict[str, Any]) -> Totals:
+        totals = cls(float(d["audio_sec"]), int(d["segments"]), int(d["words"]), int(d["errors"]))
+        buckets = d.get("latency_buckets")  # absent in checkpoints of earlier releases
+        if isinstance(buckets, list) and len(buckets) == len(totals.latency_buckets):
+            totals.latency_buckets = [int(n) for n in buckets]
+            totals.latency_sum = float(d.get("latency_sum", 0.0))
+            totals.latency_max = float(d.get("latency_max", 0.0))
+        return totals
 
 
 @dataclass
@@ -67,7 +122,7 @@ class Checkpoint:
                 "frames_fed": self.frames_fed,
                 "trim": list(self.trim) if self.trim else None,
                 "channels": self.channels,
-                "totals": self.totals.as_dict(),
+                "totals": self.totals.state(),
                 "started": self.started,
             },
             use_bin_type=True,
@@ -87,7 +142,7 @@ class Checkpoint:
                 frames_fed=int(state["frames_fed"]),
                 trim=(str(trim[0]), int(trim[1])) if trim else None,
                 channels=list(state["channels"]),
-                totals=Totals.from_dict(state["totals"]),
+                totals=Totals.from_state(state["totals"]),
                 started=bool(state["started"]),
             )
         except SnapshotError:

@@ -12,11 +12,12 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
+from worker.protocol.connection import text
 from worker.protocol.keys import Keyspace
 from worker.protocol.scripts import Scripts
-from worker.runtime.connection import text
 from worker.runtime.faults import fail_session
-from worker.runtime.session import LiveSession, Record
+from worker.runtime.records import Record
+from worker.runtime.session import LiveSession
 
 log = logging.getLogger(__name__)
 

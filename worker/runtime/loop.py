@@ -18,12 +18,12 @@ from redis.exceptions import RedisError
 
 from worker.errors import ConfigError
 from worker.metrics import END_REASONS, LoopHeartbeat, WorkerObserver
+from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
-from worker.runtime.connection import connect
 from worker.runtime.faults import fail_session, isolated
 from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher

@@ -19,9 +19,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from worker.protocol.connection import text
 from worker.protocol.keys import HANDOVER_CONSUMER, Keyspace
 from worker.protocol.scripts import Scripts
-from worker.runtime.connection import text
 
 #: The waiting-sessions count reads at most this many entries per shard when Redis has no lag.
 WAITING_COUNT_LIMIT = 10_000

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from worker.asr.contracts import ASRProcessor, Committed, InterimProcessor
+from worker.asr.contracts import ASRProcessor, Committed, InterimProcessor, Word
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import PartialEvent
+from worker.protocol.messages import EventWord, PartialEvent
 
 if TYPE_CHECKING:
     from worker.runtime.session import LiveSession
@@ -29,13 +29,18 @@ log = logging.getLogger(__name__)
 PARTIALS_MAXLEN = 32
 
 
+def event_words(words: Sequence[Word]) -> list[EventWord]:
+    """A processor's words as the events carry them (times to the millisecond)."""
+    return [
+        EventWord(round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)) for w in words
+    ]
+
+
 def partial_event(session_id: str, channel: int, partial: Committed) -> PartialEvent:
-    words = partial.words
     text = partial.text.strip()
     start = round(partial.start, 3) if partial.start is not None else 0.0
     end = round(partial.end, 3) if partial.end is not None else 0.0
-    listed = [[round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)] for w in words]
-    return PartialEvent(session_id, channel, start, end, text, listed, time.time())
+    return PartialEvent(session_id, channel, start, end, text, event_words(partial.words), time.time())
 
 
 class PartialTracker:

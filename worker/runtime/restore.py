@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from worker.asr.contracts import StreamingProcessor
 from worker.errors import SnapshotError
+from worker.protocol.connection import text
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry
-from worker.runtime.connection import text
 
 if TYPE_CHECKING:
     from worker.runtime.session import LiveSession

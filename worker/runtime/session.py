@@ -7,7 +7,8 @@ The session moves through the worker's loop in three steps:
    stream ends) and returns the transcribe calls this iteration needs;
 3. :meth:`LiveSession.complete_call` takes each call's result and
    :meth:`LiveSession.finish_iteration` closes the step; they build the records (events and
-   dead letters) and the checkpoint that the commit script writes atomically.
+   dead letters, :mod:`worker.runtime.records`) and the checkpoint that the commit script writes
+   atomically.
 
 Processing points depend only on the input (a processor is due once ``min_chunk`` seconds of
 new audio are in, whatever the backlog), so a run restored from a checkpoint makes the same
@@ -16,7 +17,6 @@ calls as one that never stopped, and with a deterministic backend emits the same
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -26,27 +26,25 @@ from typing import Any
 import numpy as np
 
 from worker.asr.audio import resample
+from worker.asr.config import ASRConfig
 from worker.asr.contracts import (
     ASRProcessor,
     BatchableProcessor,
-    Committed,
     StreamingProcessor,
     TranscribeRequest,
 )
+from worker.protocol.connection import text
 from worker.protocol.messages import (
     DeadLetter,
-    ErrorEvent,
     Message,
     PartialEvent,
-    SegmentEvent,
     SessionEnded,
     SessionOpen,
-    SessionStarted,
 )
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
-from worker.runtime.connection import text
 from worker.runtime.partials import PartialTracker
+from worker.runtime.records import Fatal, SessionRecords
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +59,6 @@ class SessionLease:
     epoch: int
 
 
-@dataclass(frozen=True)
-class Record:
-    """One thing to append at commit: an event ("e") or a dead letter ("d")."""
-
-    kind: str
-    type: str
-    payload: bytes
-
-
 @dataclass
 class PlannedCall:
     """A transcribe call of one channel, to be batched with others."""
@@ -80,15 +69,6 @@ class PlannedCall:
     request: TranscribeRequest
 
 
-@dataclass(frozen=True)
-class Fatal:
-    """Why the session ends with an error at its next commit; ``letter`` when the input was at fault."""
-
-    code: str
-    message: str
-    letter: DeadLetter | None = None
-
-
 @dataclass
 class IterationStats:
     chunks: int = 0
@@ -97,7 +77,7 @@ class IterationStats:
     rejected: list[str] = field(default_factory=list)
 
 
-class LiveSession:
+class LiveSession(SessionRecords):
     """State of a session this worker owns."""
 
     def __init__(
@@ -109,8 +89,11 @@ class LiveSession:
         worker_id: str,
         max_chunk_bytes: int,
         processor_rate: int,
+        config: ASRConfig | None = None,
     ) -> None:
         self.lease = lease
+        #: the session's ASR options (None when its open message was refused)
+        self.config = config
         self.opened = opened
         self.processors = processors
         self.worker_id = worker_id
@@ -309,89 +292,11 @@ class LiveSession:
         self._pending_fatal = Fatal(code, message, letter)
         self.finish_iteration()
 
-    def reject_open(self, reason: str, message: str, raw: bytes) -> None:
-        """End the session because its open message is unusable: an error, and a dead letter of it."""
-        letter = DeadLetter(self.session_id, "open", reason, message, raw[:1024], time.time())
-        self._pending_fatal = Fatal(reason, message, letter)
-        self.dirty = True
-
-    def _end(self, reason: str) -> None:
-        self.ended_reason = reason
-        self._record(
-            SessionEnded(self.session_id, 0, reason, self.totals.as_dict(), time.time()),
-        )
-
-    def _take_committed(self, channel: int, committed: Committed) -> None:
-        self.partials.note(channel, self.processors[channel])
-        spoken = (committed.text or "").strip()
-        if committed.start is None or committed.end is None or not spoken:
-            return
-        words = [
-            [round(w.start, 3), round(w.end, 3), w.text.strip(), round(float(w.probability), 4)]
-            for w in committed.words
-        ]
-        event = SegmentEvent(
-            self.session_id,
-            channel,
-            0,
-            round(committed.start, 3),
-            round(committed.end, 3),
-            spoken,
-            words,
-            time.time(),
-            committed.utterance_end,
-        )
-        self._record(event)
-        self.totals.segments += 1
-        self.totals.words += len(words)
-
     def take_partials(self) -> list[PartialEvent]:
         """The partials to publish after this iteration's commit (the latest per channel)."""
         return self.partials.take()
 
-    def _emit_error(self, code: str, message: str, *, fatal: bool) -> None:
-        self.totals.errors += 1
-        self._record(ErrorEvent(self.session_id, 0, code, message, fatal, time.time()))
-
-    def _reject(self, entry: inputs.InputEntry, reason: str, message: str) -> None:
-        log.info("session %s: rejected entry %s: %s (%s)", self.session_id, entry.entry_id, reason, message)
-        self.stats.rejected.append(reason)
-        self._emit_error(reason, f"entry {entry.entry_id}: {message}", fatal=False)
-        letter = DeadLetter(self.session_id, entry.entry_id, reason, message, entry.raw, time.time())
-        self.records.append(("d", letter))
-
-    def _record(self, message: Message) -> None:
-        self.records.append(("e", message))
-        self.dirty = True
-
     # -- commit ---------------------------------------------------------------------------------
-
-    def started_event(self) -> None:
-        if self.started:
-            return
-        self.started = True
-        o = self.opened
-        self.records.insert(
-            0,
-            (
-                "e",
-                SessionStarted(
-                    self.session_id, 0, o.channels, o.sample_rate, o.encoding, o.metadata, self.worker_id, time.time()
-                ),
-            ),
-        )
-        self.dirty = True
-
-    def build_records(self) -> list[tuple[int, Record]]:
-        """Number this commit's records from ``out_seq + 1`` and encode them."""
-        numbered: list[tuple[int, Record]] = []
-        seq = self.out_seq
-        for kind, message in self.records:
-            seq += 1
-            if "seq" in message.__dataclass_fields__:
-                message = dataclasses.replace(message, seq=seq)
-            numbered.append((seq, Record(kind, message.TYPE, message.encode())))
-        return numbered
 
     def checkpoint(self) -> tuple[bytes, str]:
         """(checkpoint blob, XTRIM MINID of input) for the commit script."""
