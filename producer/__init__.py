@@ -1,11 +1,21 @@
 """Client side of streamscribe: push call audio (sync or asyncio), read transcript events.
 
-The Twilio gateway (:mod:`producer.gateway`) needs the optional ``websockets`` package and is
-not imported here.
+The gateways (:mod:`producer.gateway` for Twilio, :mod:`producer.audiofork`,
+:mod:`producer.audiohook`, :mod:`producer.audiosocket`) are not imported here; the WebSocket ones
+need the optional ``websockets`` package.
 """
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
+from producer.aio_consumer import AsyncTranscriptConsumer
 from producer.client import Producer, SessionWriter
 from producer.consumer import Delivery, TranscriptConsumer
 
-__all__ = ["AsyncProducer", "AsyncSessionWriter", "Delivery", "Producer", "SessionWriter", "TranscriptConsumer"]
+__all__ = [
+    "AsyncProducer",
+    "AsyncSessionWriter",
+    "AsyncTranscriptConsumer",
+    "Delivery",
+    "Producer",
+    "SessionWriter",
+    "TranscriptConsumer",
+]

@@ -98,7 +98,7 @@ class TranscriptConsumer:
         if partials:
             streams[self.keys.session_partials(sid)] = "0-0"
         for _key, entry_id, fields in self._entries(streams, idle_timeout):
-            event = _decode(fields, entry_id)
+            event = decode_entry(fields, entry_id)
             if event is None:
                 continue
             yield event
@@ -132,26 +132,21 @@ class TranscriptConsumer:
     def _follow(self, streams: Streams, idle_timeout: float | None) -> Iterator[Delivery]:
         shard_of = {self.keys.events(k): k for k in self.keys.all_shards()}
         for key, entry_id, fields in self._entries(streams, idle_timeout):
-            delivery = _delivery(shard_of[key], entry_id, fields)
+            delivery = delivery_of(shard_of[key], entry_id, fields)
             if delivery is not None:
                 yield delivery
 
     def _entries(self, streams: Streams, idle_timeout: float | None) -> Iterator[tuple[str, str, dict[bytes, bytes]]]:
         """Follow ``streams`` (key -> last id seen, advanced here) until ``idle_timeout`` passes quietly."""
-        deadline = _deadline(idle_timeout)
+        deadline = deadline_after(idle_timeout)
         while True:
             replies = self._xread(streams, self._block(deadline))
             if not replies:
-                if _expired(deadline):
+                if expired(deadline):
                     return
                 continue
-            deadline = _deadline(idle_timeout)
-            if len(streams) > 1:
-                # one session's streams live on one node, so their ids share a clock: merge by id
-                replies.sort(key=lambda r: _id_order(r[1]))
-            for key, entry_id, fields in replies:
-                streams[key] = entry_id
-                yield key, entry_id, fields
+            deadline = deadline_after(idle_timeout)
+            yield from in_order(replies, streams)
 
     # -- consumer group --------------------------------------------------------------------
 
@@ -184,28 +179,20 @@ class TranscriptConsumer:
         """
         self.ensure_group(group, start)
         shard_of = {self.keys.events(k): k for k in self.keys.all_shards()}
-        # "0" reads our own pending list; once a shard's is drained, ">" reads new entries
-        streams: Streams = {key: "0-0" for key in shard_of}
-        deadline = _deadline(idle_timeout)
+        cursor = GroupCursor(list(shard_of))
+        deadline = deadline_after(idle_timeout)
         while True:
-            draining = any(pos != ">" for pos in streams.values())
-            block = None if draining else self._block(deadline)
-            replies = self._xreadgroup(group, consumer, streams, block)
-            if draining:
-                seen = {key for key, _id, _f in replies}
-                for key, pos in streams.items():
-                    if pos != ">" and key not in seen:
-                        streams[key] = ">"
+            draining = cursor.draining
+            replies = self._xreadgroup(group, consumer, cursor.streams, None if draining else self._block(deadline))
+            cursor.advance(replies, draining)
             if not replies:
-                if not draining and _expired(deadline):
+                if not draining and expired(deadline):
                     return
                 continue
-            deadline = _deadline(idle_timeout)
+            deadline = deadline_after(idle_timeout)
             for key, entry_id, fields in replies:
-                if streams[key] != ">":
-                    streams[key] = entry_id
                 shard = shard_of[key]
-                delivery = _delivery(shard, entry_id, fields)
+                delivery = delivery_of(shard, entry_id, fields)
                 if delivery is None:
                     self.ack(group, shard, entry_id)  # undecodable: reported once, never redelivered
                     continue
@@ -237,22 +224,69 @@ class TranscriptConsumer:
 
     def _read(self, call: Any, streams: Streams, block: int | None) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """One read of ``streams``: one command on a standalone server, one per stream on a cluster."""
-        if not self.cluster or len(streams) == 1 or len({self.client.keyslot(k) for k in streams}) == 1:
+        if not self.cluster or not split_for_cluster(streams, self.client.keyslot):
             # one session's streams share a hash tag: one command reads them on a cluster too
-            return _flatten(call(streams, block))
+            return flatten(call(streams, block))
         out: list[tuple[str, str, dict[bytes, bytes]]] = []
         for key, pos in streams.items():
-            out += _flatten(call({key: pos}, None))
+            out += flatten(call({key: pos}, None))
         if out or block is None:
             return out
         # nothing anywhere: wait briefly on one shard (in turn), then the caller polls them all again
         keys = list(streams)
         key = keys[self._turn % len(keys)]
         self._turn += 1
-        return _flatten(call({key: streams[key]}, min(block, self.cluster_block_ms)))
+        return flatten(call({key: streams[key]}, min(block, self.cluster_block_ms)))
 
 
-def _flatten(reply: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
+Entry = tuple[str, str, dict[bytes, bytes]]  # stream key, entry id, fields
+
+
+class GroupCursor:
+    """Where a group consumer reads each shard: its own pending entries ("0-0" on), then new ones (">").
+
+    I/O-free, shared by the sync and asyncio consumers: :meth:`advance` takes what one read
+    returned; once a shard's pending list is drained (a read while draining returned nothing of
+    it), that shard reads new entries.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.streams: Streams = {key: "0-0" for key in keys}
+
+    @property
+    def draining(self) -> bool:
+        return any(pos != ">" for pos in self.streams.values())
+
+    def advance(self, replies: list[Entry], draining: bool) -> None:
+        if draining:
+            seen = {key for key, _id, _f in replies}
+            for key, pos in self.streams.items():
+                if pos != ">" and key not in seen:
+                    self.streams[key] = ">"
+        for key, entry_id, _fields in replies:
+            if self.streams[key] != ">":
+                self.streams[key] = entry_id
+
+
+def in_order(replies: list[Entry], streams: Streams) -> list[Entry]:
+    """One read's entries in id order, each stream's position advanced past them.
+
+    One session's streams live on one node, so their ids share a clock: merging by id gives the
+    order in which the worker wrote them.
+    """
+    if len(streams) > 1:
+        replies = sorted(replies, key=lambda r: _id_order(r[1]))
+    for key, entry_id, _fields in replies:
+        streams[key] = entry_id
+    return replies
+
+
+def split_for_cluster(streams: Streams, keyslot: Any) -> bool:
+    """Whether ``streams`` span slots, so that a cluster must read them one by one."""
+    return len(streams) > 1 and len({keyslot(k) for k in streams}) > 1
+
+
+def flatten(reply: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
     """XREAD's reply (a list, or a dict under RESP3) as (stream, entry id, fields) triples."""
     if not reply:
         return []
@@ -265,7 +299,7 @@ def _flatten(reply: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
     return out
 
 
-def _decode(fields: dict[bytes, bytes], entry_id: str) -> Event | None:
+def decode_entry(fields: dict[bytes, bytes], entry_id: str) -> Event | None:
     raw = fields.get(b"m")
     if raw is None:
         log.warning("entry %s has no event (trimmed away?); skipping it", entry_id)
@@ -277,8 +311,8 @@ def _decode(fields: dict[bytes, bytes], entry_id: str) -> Event | None:
         return None
 
 
-def _delivery(shard: int, entry_id: str, fields: dict[bytes, bytes]) -> Delivery | None:
-    event = _decode(fields, entry_id)
+def delivery_of(shard: int, entry_id: str, fields: dict[bytes, bytes]) -> Delivery | None:
+    event = decode_entry(fields, entry_id)
     if event is None:
         return None
     return Delivery(shard, entry_id, text(fields.get(b"session", event.session)), int(fields.get(b"seq", 0)), event)
@@ -289,9 +323,9 @@ def _id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _deadline(idle_timeout: float | None) -> float | None:
+def deadline_after(idle_timeout: float | None) -> float | None:
     return None if idle_timeout is None else time.monotonic() + idle_timeout
 
 
-def _expired(deadline: float | None) -> bool:
+def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
