@@ -25,6 +25,7 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
+    check_exclusive,
     check_open_status,
     is_repeat,
     same_entry,
@@ -106,8 +107,12 @@ class AsyncProducer:
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
         partials: bool = True,
+        exclusive: bool = False,
     ) -> AsyncSessionWriter:
-        """Create the session and announce it; an existing session continues its numbering."""
+        """Create the session and announce it; an existing session continues its numbering.
+
+        With ``exclusive``, an existing live session is refused (see :meth:`Producer.open`).
+        """
         opened = build_open(
             session_id,
             sample_rate=sample_rate,
@@ -126,6 +131,9 @@ class AsyncProducer:
             lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
         check_open_status(sid, text(status))
+        if exclusive and text(status) == "exists":
+            stored = await self.retry(lambda: self.client.hget(state, "open"))
+            check_exclusive(sid, stored, opened.encode())
         if text(status) == "exists" and text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:

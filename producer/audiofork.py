@@ -30,6 +30,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
+from producer.gateway import close_draining
+from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,13 @@ class AudioForkGateway:
             reason = "completed" if ws.close_code in (1000, 1001) else "error"
         except ConnectionClosed as e:
             reason = "completed" if e.rcvd is not None and e.rcvd.code in (1000, 1001) else "error"
+        except SessionExistsError as e:
+            log.warning("refusing an audio fork: %s", e)
+            await close_draining(ws, 1008, "this call is streaming already")
         except MalformedCall as e:
             self.malformed += 1
             log.warning("audio fork %s: %s; ending the call", writer.session_id if writer else "(not started)", e)
-            await ws.close(1003, str(e)[:120])
+            await close_draining(ws, 1003, str(e))
         finally:
             if writer is not None:
                 if pending:
@@ -140,6 +145,7 @@ class AudioForkGateway:
             channels=channels,
             language=str(metadata.get("language") or self.language or "") or None,
             metadata={**{k: v[:2048] for k, v in list(flat.items())[:48]}, "source": "audio_fork", "mix_type": mix},
+            exclusive=True,
         )
         self.sessions.append(writer.session_id)
         log.info("audio fork -> session %s (%d Hz, %s)", writer.session_id, rate, mix)

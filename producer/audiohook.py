@@ -35,6 +35,8 @@ from typing import Any
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
 from producer.common import silence
+from producer.gateway import close_draining
+from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +161,17 @@ class AudioHookGateway:
                     break
         except ConnectionClosed:
             pass
+        except SessionExistsError as e:
+            log.warning("refusing an AudioHook session: %s", e)
+            await state.reply("disconnect", {"reason": "error", "info": "this session is streaming already"})
+            await close_draining(ws, 1008, "this session is streaming already")
         except MalformedMessage as e:
             self.malformed += 1
             log.warning("AudioHook session %s: malformed message: %s; ending it", state.id or "(not open)", e)
             reason = "error"
             if state.id is not None:
                 await state.reply("disconnect", {"reason": "error", "info": str(e)[:200]})
-            await ws.close(1003, str(e)[:120])
+            await close_draining(ws, 1003, str(e))
         finally:
             if state.writer is not None:
                 await self._flush(state)
@@ -229,6 +235,7 @@ class AudioHookGateway:
             channels=state.channels,
             language=str(parameters.get("language") or self.language or "") or None,
             metadata=metadata,
+            exclusive=True,
         )
         self.sessions.append(state.writer.session_id)
         await state.reply("opened", {"startPaused": False, "media": [media]})

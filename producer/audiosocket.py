@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
+from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class AudioSocketGateway:
             reason = "error"
         except (asyncio.IncompleteReadError, ConnectionError):
             reason = "error"
+        except SessionExistsError as e:
+            log.warning("refusing an AudioSocket call: %s", e)
         except asyncio.TimeoutError:
             log.info("an AudioSocket connection named no call in %.0f s; closing it", self.handshake_timeout_sec)
         except Exception:
@@ -238,6 +241,7 @@ class AudioSocketGateway:
             channels=1,
             language=self.language,
             metadata={"source": "audiosocket", "call_uuid": call_id},
+            exclusive=True,
         )
         self.sessions.append(writer.session_id)
         log.info("AudioSocket call %s -> session %s (%d Hz)", call_id, writer.session_id, rate)

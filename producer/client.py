@@ -19,6 +19,7 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
+    check_exclusive,
     check_open_status,
     is_repeat,
     same_entry,
@@ -75,10 +76,14 @@ class Producer:
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
         partials: bool = True,
+        exclusive: bool = False,
     ) -> SessionWriter:
         """Create the session and announce it to the workers; returns its writer.
 
-        Opening an existing session (a restarted producer) continues its chunk numbering.
+        Opening an existing session (a restarted producer) continues its chunk numbering. With
+        ``exclusive`` an existing live session is refused (:class:`SessionExistsError`) unless it
+        was this very open's earlier attempt: gateways open each call exclusively, so a second
+        stream that names a live call reaches no session.
         """
         opened = build_open(
             session_id,
@@ -98,6 +103,9 @@ class Producer:
             lambda: self.scripts.call(self.client, "open_session", [state], [opened.encode(), int(time.time() * 1000)])
         )
         check_open_status(sid, text(status))
+        if exclusive and text(status) == "exists":
+            stored = self.retry(lambda: self.client.hget(state, "open"))
+            check_exclusive(sid, stored, opened.encode())
         if text(status) == "exists" and text(announced) == "1":
             log.info("session %s exists and is announced already", sid)
         else:

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import SessionEndedError
+from worker.errors import SessionEndedError, SessionExistsError
 from worker.protocol.keys import check_session_id
 from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import BYTES_PER_SAMPLE, encode_pcm
@@ -141,6 +141,15 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster", action=argparse.BooleanOptionalAction, default=None, help="Redis Cluster (default: detect)"
     )
+
+
+def check_exclusive(session_id: str, stored_open: bytes | None, ours: bytes) -> None:
+    """An exclusive open of an existing session: only our own earlier attempt (a retry) may have made it."""
+    if stored_open != ours:
+        raise SessionExistsError(
+            f"session id {session_id!r} is a live session another producer opened; a second stream of the "
+            "same call is refused (its audio would mix into the first)"
+        )
 
 
 def check_open_status(session_id: str, status: str) -> None:

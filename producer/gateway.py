@@ -17,22 +17,34 @@ hears: the agent or the bot). The tracks arrive as separate, not always alternat
 tracks have it, or with silence for a track that is more than ``max_lag_ms`` behind (a track
 that sends nothing, or a lost frame). So the channels stay aligned in time and the worker
 transcribes each one separately; every segment says which channel spoke.
+
+With an auth token, an upgrade whose ``X-Twilio-Signature`` does not sign the public URL (the
+``<Stream url>``) with it is refused with 403, before any message is read. A stream that names a
+call another stream carries is refused (close 1008), so its audio reaches no session. Frames are
+written in chunks of ``frames_per_chunk``, and a timestamp more than a minute ahead is dropped, so
+no message can turn into a large write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
 from producer.common import silence
+from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +55,9 @@ FRAME_SAMPLES = TELEPHONY_RATE * FRAME_MS // 1000
 MEDIA_ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw"}
 #: Channel order of a two-track stream.
 TRACK_ORDER = ("inbound", "outbound")
-#: A frame this far ahead of the last one emitted is a broken timestamp, not a pause (10 minutes).
-MAX_AHEAD_FRAMES = 10 * 60 * 1000 // FRAME_MS
+#: A frame this far ahead of the last one emitted is a broken timestamp, not a pause (one minute):
+#: Twilio streams silence as media too, so a real stream never jumps this far.
+MAX_AHEAD_FRAMES = 60 * 1000 // FRAME_MS
 
 
 class FrameMixer:
@@ -169,9 +182,10 @@ class CallStream:
             )
 
     async def _send(self) -> None:
-        if self.pending:
-            chunk, self.pending = b"".join(self.pending), []
-            await self.writer.send(chunk)
+        """Write the pending frames in chunks of at most ``frames_per_chunk``: never one huge XADD."""
+        while self.pending:
+            chunk, self.pending = self.pending[: self.frames_per_chunk], self.pending[self.frames_per_chunk :]
+            await self.writer.send(b"".join(chunk))
 
 
 class TwilioGateway:
@@ -191,9 +205,16 @@ class TwilioGateway:
         session_prefix: str = "",
         frames_per_chunk: int = 5,
         max_lag_ms: int = 200,
+        auth_token: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         if session_id_from not in ("call", "stream"):
             raise ValueError("session_id_from is 'call' or 'stream'")
+        if auth_token is not None and not public_url:
+            raise ValueError("checking X-Twilio-Signature needs the public URL Twilio connects to")
+        self.auth_token = auth_token
+        self.public_url = public_url
+        self.refused_upgrades = 0  # upgrades refused for their signature
         self.producer = producer
         self.language = language
         self.session_id_from = session_id_from
@@ -203,12 +224,27 @@ class TwilioGateway:
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
         self.filled_frames = 0  # track frames replaced by silence, all streams
         self.dropped_frames = 0  # late, repeated or absurd track frames, all streams
+        self.refused_calls = 0  # streams that named a call another stream carries
 
     async def serve(self, host: str = "0.0.0.0", port: int = 8765) -> Any:
         """Start listening; returns the ``websockets`` server (``close()``, ``wait_closed()``)."""
         from websockets.asyncio.server import serve
 
-        return await serve(self.handler, host, port, max_size=2**20)
+        return await serve(self.handler, host, port, max_size=2**20, process_request=self._authorize)
+
+    def _authorize(self, connection: Any, request: Any) -> Any:
+        """With an auth token: refuse the upgrade (403) unless ``X-Twilio-Signature`` signs the public URL."""
+        if self.auth_token is None:
+            return None
+        assert self.public_url is not None
+        given = request.headers.get("X-Twilio-Signature", "")
+        if given and any(
+            hmac.compare_digest(given, twilio_signature(self.auth_token, url)) for url in url_variants(self.public_url)
+        ):
+            return None
+        self.refused_upgrades += 1
+        log.warning("refusing a WebSocket upgrade: %s X-Twilio-Signature", "a wrong" if given else "no")
+        return connection.respond(403, "X-Twilio-Signature is missing or does not match\n")
 
     async def handler(self, ws: Any) -> None:
         """One WebSocket connection: one Twilio stream."""
@@ -225,7 +261,12 @@ class TwilioGateway:
                         call = await self._start(message)
                     except ValueError as e:
                         log.warning("refusing a stream: %s", e)
-                        await ws.close(1003, str(e)[:120])  # 1003: unsupported data
+                        await close_draining(ws, 1003, str(e))  # 1003: unsupported data
+                        return
+                    except SessionExistsError as e:
+                        self.refused_calls += 1
+                        log.warning("refusing a stream: %s", e)
+                        await close_draining(ws, 1008, "this call is streaming already")  # 1008: policy violation
                         return
                 elif event == "media" and call is not None:
                     await call.media(message.get("media") or {})
@@ -275,11 +316,48 @@ class TwilioGateway:
             channels=len(tracks),
             language=params.get("language", self.language),
             metadata=metadata,
+            exclusive=True,
         )
         self.sessions.append(writer.session_id)
         log.info("stream %s of call %s -> session %s (%s)", stream_sid, call_sid, writer.session_id, metadata["tracks"])
         mixer = FrameMixer(tracks, fill=silence(encoding, FRAME_SAMPLES), max_lag_frames=self.max_lag_frames)
         return CallStream(writer, mixer, self.frames_per_chunk)
+
+
+async def close_draining(ws: Any, code: int, reason: str) -> None:
+    """Close a WebSocket from inside its receive loop, reading (and dropping) what is still queued.
+
+    ``close()`` waits for the peer's close frame, which sits behind the messages it already sent;
+    with the incoming queue full, reading pauses and the handshake would hang until its timeout.
+    """
+    from websockets.exceptions import ConnectionClosed
+
+    closing = asyncio.ensure_future(ws.close(code, reason[:120]))
+    with contextlib.suppress(ConnectionClosed):
+        async for _message in ws:
+            pass
+    await closing
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
+    """Twilio's request signature: base64 HMAC-SHA1, keyed by the auth token, of the URL followed by
+    the POST parameters sorted by name (each name then its value); a WebSocket upgrade has none."""
+    data = url + "".join(name + (params or {})[name] for name in sorted(params or {}))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL as given, and with its default port added or removed (Twilio may sign either)."""
+    parts = urlsplit(url)
+    default = {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if parts.port is None and default is not None:
+        other = parts._replace(netloc=f"{host}:{default}")
+    elif parts.port is not None and parts.port == default:
+        other = parts._replace(netloc=host)
+    else:
+        return [url]
+    return [url, urlunsplit(other)]
 
 
 def _parse(raw: str | bytes) -> dict[str, Any]:

@@ -233,7 +233,17 @@ def test_the_frame_mixer_aligns_tracks_by_timestamp_and_fills_gaps_with_silence(
 @pytest.mark.slow
 def test_the_gateway_command_serves_calls_until_sigterm(valkey_url):
     gateway = subprocess.Popen(
-        [STREAMSCRIBE, "gateway", "--host", "127.0.0.1", "--port", "0", "--redis-url", valkey_url],
+        [
+            STREAMSCRIBE,
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--redis-url",
+            valkey_url,
+            "--insecure-no-auth",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

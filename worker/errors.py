@@ -45,3 +45,7 @@ class SnapshotError(StreamscribeError):
 
 class SessionEndedError(StreamscribeError):
     """A session id was opened again after its session ended (its keys are kept for retention)."""
+
+
+class SessionExistsError(StreamscribeError):
+    """An exclusive open found the session id taken by a live session that another producer opened."""

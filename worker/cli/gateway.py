@@ -39,6 +39,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mix-type", choices=["mono", "mixed", "stereo"], default="mono", help="audio-fork: the mix type it sends"
     )
     p.add_argument(
+        "--twilio-auth-token",
+        help=f"twilio: check X-Twilio-Signature with this auth token (default ${TWILIO_TOKEN_ENV})",
+    )
+    p.add_argument("--public-url", help="twilio: the <Stream url> Twilio connects to (what it signs)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="twilio: accept unsigned upgrades (only behind something that authenticates Twilio)",
+    )
+    p.add_argument(
         "--api-key",
         action="append",
         default=[],
@@ -52,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 PROTOCOLS = {"twilio": 8765, "audio-fork": 8765, "audiohook": 8765, "audiosocket": 9092}
 #: The environment variable with the AudioHook API keys (kept out of the process list).
 API_KEYS_ENV = "STREAMSCRIBE_GATEWAY_API_KEYS"
+#: The environment variable with the Twilio auth token.
+TWILIO_TOKEN_ENV = "STREAMSCRIBE_TWILIO_AUTH_TOKEN"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +76,15 @@ def run(args: argparse.Namespace) -> int:
             args.sample_rate = parse_rate(args.sample_rate)
         except ValueError as e:
             raise ConfigError(f"--sample-rate: {e}") from e
+    if args.protocol == "twilio":
+        args.twilio_auth_token = args.twilio_auth_token or os.environ.get(TWILIO_TOKEN_ENV) or None
+        if args.twilio_auth_token is None and not args.insecure_no_auth:
+            raise ConfigError(
+                f"the Twilio gateway checks X-Twilio-Signature: give --twilio-auth-token (or ${TWILIO_TOKEN_ENV}) "
+                "and --public-url, or --insecure-no-auth when something in front authenticates Twilio"
+            )
+        if args.twilio_auth_token is not None and not args.public_url:
+            raise ConfigError("--twilio-auth-token needs --public-url, the <Stream url> that Twilio signs")
     if args.protocol == "audiohook":
         args.api_key = [*args.api_key, *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
         if not args.api_key:
@@ -130,6 +151,8 @@ async def _serve(args: argparse.Namespace) -> None:
             session_prefix=args.session_prefix,
             frames_per_chunk=args.chunk_ms // FRAME_MS,
             max_lag_ms=args.max_lag_ms,
+            auth_token=args.twilio_auth_token,
+            public_url=args.public_url,
         ).serve(args.host, port)
         scheme = "ws"
     bound = server.sockets[0].getsockname()[1]
