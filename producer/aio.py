@@ -31,7 +31,7 @@ from producer.common import (
     same_entry,
     to_payload,
 )
-from worker.protocol.connection import text
+from worker.protocol.connection import TLSFiles, text
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
 from worker.protocol.scripts import Scripts
@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def connect_async(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
-    """A ``redis.asyncio.Redis``, or a ``RedisCluster`` when the server runs in cluster mode."""
-    options = {"socket_timeout": 30, "socket_connect_timeout": 5, **kwargs}
+async def connect_async(url: str, cluster: bool | None = None, tls: TLSFiles | None = None, **kwargs: Any) -> Any:
+    """A ``redis.asyncio.Redis``, or a ``RedisCluster`` when the server runs in cluster mode (TLS as ``connect``)."""
+    secure = (tls or TLSFiles()).options(url)
+    options = {"socket_timeout": 30, "socket_connect_timeout": 5, **secure, **kwargs}
     if cluster is None:
-        probe = aioredis.Redis.from_url(url, socket_timeout=5)
+        probe = aioredis.Redis.from_url(url, socket_timeout=5, **secure)
         try:
             cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
         finally:
@@ -87,11 +88,12 @@ class AsyncProducer:
         key_prefix: str | None = None,
         shards: int | None = None,
         cluster: bool | None = None,
+        tls: TLSFiles | None = None,
         **kwargs: Any,
     ) -> AsyncProducer:
         """Connect to ``redis_url`` (default: ``STREAMSCRIBE_REDIS_URL``, then localhost)."""
-        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
-        client = await connect_async(options.redis_url, cluster)
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards, tls)
+        client = await connect_async(options.redis_url, cluster, options.tls)
         return cls(client, key_prefix=options.key_prefix, shards=options.shards, **kwargs)
 
     async def open(

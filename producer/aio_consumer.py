@@ -37,7 +37,7 @@ from producer.consumer import (
     in_order,
     split_for_cluster,
 )
-from worker.protocol.connection import text
+from worker.protocol.connection import TLSFiles, text
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.messages import Event, SessionEnded
 
@@ -74,11 +74,12 @@ class AsyncTranscriptConsumer:
         key_prefix: str | None = None,
         shards: int | None = None,
         cluster: bool | None = None,
+        tls: TLSFiles | None = None,
         **kwargs: Any,
     ) -> AsyncTranscriptConsumer:
         """Connect to ``redis_url`` (default: ``STREAMSCRIBE_REDIS_URL``, then localhost)."""
-        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
-        client = await connect_async(options.redis_url, cluster)
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards, tls)
+        client = await connect_async(options.redis_url, cluster, options.tls)
         return cls(client, key_prefix=options.key_prefix, shards=options.shards, **kwargs)
 
     async def aclose(self) -> None:

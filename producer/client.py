@@ -25,7 +25,7 @@ from producer.common import (
     same_entry,
     to_payload,
 )
-from worker.protocol.connection import connect, text
+from worker.protocol.connection import TLSFiles, connect, text
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
 from worker.protocol.scripts import Scripts
@@ -51,13 +51,14 @@ class Producer:
         shards: int | None = None,
         cluster: bool | None = None,
         client: Any = None,
+        tls: TLSFiles | None = None,
         retries: int = 8,
         retry_backoff_sec: float = 0.2,
         retry_max_backoff_sec: float = 5.0,
     ) -> None:
-        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards, tls)
         self.keys = Keyspace(options.key_prefix, options.shards)
-        self.client = client or connect(options.redis_url, cluster)
+        self.client = client or connect(options.redis_url, cluster, options.tls)
         self.scripts = Scripts()
         self.retries = retries
         self.retry_backoff_sec = retry_backoff_sec

@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import SessionEndedError, SessionExistsError
+from worker.protocol.connection import TLSFiles
 from worker.protocol.keys import check_session_id
 from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import BYTES_PER_SAMPLE, encode_pcm
@@ -38,18 +39,24 @@ class ConnectionOptions:
     redis_url: str = DEFAULT_REDIS_URL
     key_prefix: str = DEFAULT_KEY_PREFIX
     shards: int = DEFAULT_SHARDS
+    tls: TLSFiles = field(default_factory=TLSFiles)
 
     @classmethod
     def resolve(
-        cls, redis_url: str | None = None, key_prefix: str | None = None, shards: int | None = None
+        cls,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        shards: int | None = None,
+        tls: TLSFiles | None = None,
     ) -> ConnectionOptions:
         """Explicit values first, then the workers' env vars (``STREAMSCRIBE_REDIS_URL``,
-        ``STREAMSCRIBE_KEY_PREFIX``, ``STREAMSCRIBE_SHARDS``), then the defaults."""
+        ``STREAMSCRIBE_KEY_PREFIX``, ``STREAMSCRIBE_SHARDS``, ``STREAMSCRIBE_TLS_*_FILE``), then the defaults."""
         env = os.environ
         return cls(
             redis_url=redis_url or env.get("STREAMSCRIBE_REDIS_URL") or DEFAULT_REDIS_URL,
             key_prefix=key_prefix or env.get("STREAMSCRIBE_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
             shards=int(shards or env.get("STREAMSCRIBE_SHARDS") or DEFAULT_SHARDS),
+            tls=tls or TLSFiles.resolve(),
         )
 
 
@@ -134,13 +141,27 @@ def backoff_delays(retries: int, first: float, cap: float = 5.0) -> list[float]:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--redis-url``, ``--key-prefix``, ``--shards`` and ``--cluster`` of the client subcommands."""
+    """``--redis-url``, ``--key-prefix``, ``--shards``, ``--cluster`` and the TLS files of the client subcommands."""
     parser.add_argument("--redis-url", help=f"default: $STREAMSCRIBE_REDIS_URL, else {DEFAULT_REDIS_URL}")
     parser.add_argument("--key-prefix", help=f"default: $STREAMSCRIBE_KEY_PREFIX, else {DEFAULT_KEY_PREFIX}")
     parser.add_argument("--shards", type=int, help=f"default: $STREAMSCRIBE_SHARDS, else {DEFAULT_SHARDS}")
     parser.add_argument(
         "--cluster", action=argparse.BooleanOptionalAction, default=None, help="Redis Cluster (default: detect)"
     )
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tls-ca-file``, ``--tls-cert-file`` and ``--tls-key-file`` (for ``rediss://`` URLs)."""
+    parser.add_argument(
+        "--tls-ca-file", help="rediss://: the CA of the server's certificate ($STREAMSCRIBE_TLS_CA_FILE)"
+    )
+    parser.add_argument("--tls-cert-file", help="rediss://: a client certificate ($STREAMSCRIBE_TLS_CERT_FILE)")
+    parser.add_argument("--tls-key-file", help="rediss://: the client certificate's key ($STREAMSCRIBE_TLS_KEY_FILE)")
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSFiles:
+    return TLSFiles.resolve(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
 
 
 def check_exclusive(session_id: str, stored_open: bytes | None, ours: bytes) -> None:

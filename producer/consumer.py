@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 
 from producer.common import ConnectionOptions
 from worker.errors import DecodeError
-from worker.protocol.connection import connect, text
+from worker.protocol.connection import TLSFiles, connect, text
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.messages import Event, SessionEnded, decode_event
 
@@ -58,13 +58,14 @@ class TranscriptConsumer:
         shards: int | None = None,
         cluster: bool | None = None,
         client: Any = None,
+        tls: TLSFiles | None = None,
         block_ms: int = 1000,
         cluster_block_ms: int = 50,
         count: int = 100,
     ) -> None:
-        options = ConnectionOptions.resolve(redis_url, key_prefix, shards)
+        options = ConnectionOptions.resolve(redis_url, key_prefix, shards, tls)
         self.keys = Keyspace(options.key_prefix, options.shards)
-        self.client = client or connect(options.redis_url, cluster)
+        self.client = client or connect(options.redis_url, cluster, options.tls)
         self.cluster = isinstance(self.client, RedisCluster)
         self.block_ms = block_ms
         self.cluster_block_ms = cluster_block_ms

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.asr.config import ASRConfig
 from worker.errors import ConfigError
+from worker.protocol.connection import TLSFiles
 
 
 def default_worker_id() -> str:
@@ -30,6 +31,9 @@ class WorkerSettings(BaseSettings):
 
     redis_url: str = Field("redis://localhost:6379/0", description="Redis or Valkey URL (any node of a cluster)")
     cluster: bool | None = Field(None, description="Redis Cluster; None detects it from the server")
+    tls_ca_file: str | None = Field(None, description="rediss://: the CA that signed the server's certificate")
+    tls_cert_file: str | None = Field(None, description="rediss://: a client certificate (tls-auth-clients)")
+    tls_key_file: str | None = Field(None, description="rediss://: the client certificate's key")
     key_prefix: str = Field("streamscribe", description="Prefix of every key")
     shards: int = Field(4, ge=1, le=1024, description="Shards of the global streams")
     group: str = Field("workers", min_length=1, description="Consumer group of the workers")
@@ -94,6 +98,9 @@ class WorkerSettings(BaseSettings):
         if refused:
             raise ValueError(f"preload names models outside allowed_models {self.allowed_models}: {refused}")
         return self
+
+    def tls(self) -> TLSFiles:
+        return TLSFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     @classmethod
     def build(cls, **overrides: object) -> WorkerSettings:

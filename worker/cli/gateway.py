@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 
-from producer.common import add_connection_arguments
+from producer.common import add_connection_arguments, tls_from_args
 from worker.errors import ConfigError
 
 
@@ -102,7 +102,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from producer.aio import AsyncProducer
 
     producer = await AsyncProducer.connect(
-        args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster
+        args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster, tls=tls_from_args(args)
     )
     port = PROTOCOLS[args.protocol] if args.port is None else args.port
     audiosocket = None

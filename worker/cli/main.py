@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from worker import __version__
 from worker.cli import logs
 from worker.errors import ConfigError, StreamscribeError
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except StreamscribeError as e:
         print(f"streamscribe {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RedisConnectionError as e:
+        # unreachable, refused, a TLS handshake that failed, a plain client on a TLS port
+        print(f"streamscribe {args.command}: error: cannot talk to Redis: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

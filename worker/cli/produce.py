@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from producer.client import Producer, SessionWriter
-from producer.common import add_connection_arguments
+from producer.common import add_connection_arguments, tls_from_args
 from worker.errors import ConfigError
 from worker.protocol.audiofile import decode_file
 from worker.protocol.messages import ENCODINGS
@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     metadata = _metadata(args.metadata)
     # decode everything first, so that a bad file fails before any session is opened
     audios = [_load(path, rate, args.split_channels) for path in args.files]
-    producer = Producer(args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster)
+    producer = Producer(
+        args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster, tls=tls_from_args(args)
+    )
     writers: list[SessionWriter] = []
     for path, audio in zip(args.files, audios, strict=True):
         writer = producer.open(
@@ -126,7 +128,9 @@ def _produce_stdin(args: argparse.Namespace, rate: int) -> int:
     frame_bytes = BYTES_PER_SAMPLE[args.encoding] * args.channels
     chunk_bytes = max(1, rate * args.chunk_ms // 1000) * frame_bytes
     source = sys.stdin.buffer
-    producer = Producer(args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster)
+    producer = Producer(
+        args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster, tls=tls_from_args(args)
+    )
     writer = producer.open(
         args.session_id,
         sample_rate=rate,

@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Iterable
 
-from producer.common import add_connection_arguments
+from producer.common import add_connection_arguments, tls_from_args
 from producer.consumer import TranscriptConsumer
 from worker.errors import ConfigError
 from worker.protocol.messages import ErrorEvent, Event, PartialEvent, SegmentEvent, SessionEnded, SessionStarted
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--group and --consumer go together")
     if args.partials and not args.session:
         raise ConfigError("--partials follows one SESSION (partials stay in the session's own stream)")
-    consumer = TranscriptConsumer(args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster)
+    consumer = TranscriptConsumer(
+        args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster, tls=tls_from_args(args)
+    )
     try:
         if args.session:
             events = consumer.session_events(args.session, idle_timeout=args.idle_timeout, partials=args.partials)

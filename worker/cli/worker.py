@@ -10,6 +10,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from producer.common import add_tls_arguments
 from worker import __version__
 from worker.backends.registry import load_processor
 from worker.cli.logs import tag_worker
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-timeout-sec", type=float)
     p.add_argument("--retention-sec", type=float)
     p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None, help="default: detect")
+    add_tls_arguments(p)
     p.add_argument("--allowed-backends", help="comma-separated backends sessions may ask for")
     p.add_argument("--allowed-models", help="comma-separated models sessions may ask for")
     p.add_argument(
@@ -77,6 +79,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "stall_timeout_sec",
         "retention_sec",
         "cluster",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
         "allowed_backends",
         "allowed_models",
         "preload",

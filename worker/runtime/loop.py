@@ -44,7 +44,7 @@ class Worker:
         self.settings = settings
         self.observer = observer or WorkerObserver()
         self.keys = Keyspace(settings.key_prefix, settings.shards)
-        self.client = client or connect(settings.redis_url, settings.cluster)
+        self.client = client or connect(settings.redis_url, settings.cluster, settings.tls())
         self.scripts = Scripts()
         self.leases = LeaseManager(
             self.client, self.keys, self.scripts, settings.group, settings.worker_id, settings.lease_ttl_sec
@@ -79,7 +79,7 @@ class Worker:
         self.scripts.load(self.client)
         self.leases.ensure_groups()
         keeper_leases = LeaseManager(
-            connect(self.settings.redis_url, self.settings.cluster),
+            connect(self.settings.redis_url, self.settings.cluster, self.settings.tls()),
             self.keys,
             self.scripts,
             self.settings.group,
