@@ -28,7 +28,7 @@ from worker.runtime.inputs import REJECTION_REASONS
 
 #: Label values of the labelled counters, each exported at 0 until its first event.
 COMMIT_RESULTS = ("ok", "fenced", "error")
-END_REASONS = ("completed", "stalled", "error", "other")
+END_REASONS = ("completed", "stalled", "error", "max_duration", "too_many_rejections", "other")
 
 log = logging.getLogger(__name__)
 

@@ -72,6 +72,19 @@ class WorkerSettings(BaseSettings):
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["base"], description="Models a session may ask for (comma-separated)"
     )
+    allowed_languages: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Languages a session may ask for, 'auto' included (comma-separated); empty: any",
+    )
+    min_chunk_floor_sec: float = Field(
+        0.5, ge=0, le=30, description="A session's min_chunk_size below this is refused (it sets the decode rate)"
+    )
+    max_session_sec: float = Field(
+        4 * 3600.0, gt=0, description="End a session this long after it was opened (wall clock), whatever it sends"
+    )
+    max_rejections: int = Field(
+        100, ge=1, description="End a session after this many rejected input entries (dead letters)"
+    )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models (of allowed_models) loaded before the worker takes sessions; /readyz waits for them",
@@ -81,7 +94,7 @@ class WorkerSettings(BaseSettings):
     log_level: str = Field("INFO")
     asr: ASRConfig = Field(default_factory=ASRConfig)
 
-    @field_validator("allowed_backends", "allowed_models", "preload", mode="before")
+    @field_validator("allowed_backends", "allowed_models", "allowed_languages", "preload", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

@@ -64,6 +64,8 @@ class SessionFactory:
             return Acquired("ok", self._quarantined(lease, open_blob, checkpoint, out_seq, attempts), epoch > 1)
         session = self._build(lease, open_blob)
         session.out_seq = out_seq
+        created_ms = self.client.hget(self.keys.session_state(sid), "created_ms")
+        session.deadline = _deadline(created_ms, now_ms, self.settings.max_session_sec)
         if session.dirty:  # it ends at once (a refused open, a backend that cannot load)
             _carry_over(session, checkpoint)
             session.started_event()
@@ -166,6 +168,7 @@ class SessionFactory:
             max_chunk_bytes=self.settings.max_chunk_bytes,
             processor_rate=rate,
             config=config,
+            max_rejections=self.settings.max_rejections,
         )
 
     def _check_allowed(self, opened: SessionOpen) -> None:
@@ -180,6 +183,15 @@ class SessionFactory:
             )
         if "model" in asked and str(asked["model"]) not in s.allowed_models:
             raise ConfigError(f"model {asked['model']!r} is not allowed here; allowed: {', '.join(s.allowed_models)}")
+        language = str(asked.get("language", s.asr.lan))
+        if s.allowed_languages and language not in s.allowed_languages:
+            raise ConfigError(f"language {language!r} is not allowed here; allowed: {', '.join(s.allowed_languages)}")
+        chunk = asked.get("min_chunk_size")
+        if isinstance(chunk, int | float) and 0 < chunk < s.min_chunk_floor_sec:  # <= 0 is invalid: bad_session
+            raise ConfigError(
+                f"min_chunk_size {chunk} s is below this worker's floor of {s.min_chunk_floor_sec} s "
+                "(each chunk is a decode)"
+            )
 
     def session_config(self, opened: SessionOpen) -> ASRConfig:
         """The worker's ASR defaults with the session's overrides (see :meth:`_check_allowed`)."""
@@ -214,3 +226,16 @@ def _carry_over(session: LiveSession, checkpoint: bytes) -> None:
         return
     session.started = state.started
     session.totals = state.totals
+
+
+def _deadline(created_ms: Any, now_ms: int, max_session_sec: float) -> float:
+    """When the session must end (Unix seconds): ``max_session_sec`` after its open.
+
+    The open time is the producer's clock; one in the future (skew, or a producer dodging the
+    cap) counts from now instead.
+    """
+    try:
+        opened_ms = min(int(created_ms), now_ms)
+    except (TypeError, ValueError):
+        opened_ms = now_ms
+    return opened_ms / 1000 + max_session_sec

@@ -24,6 +24,9 @@ BAD_SESSION = "bad_session"
 #: Fatal error codes of a session whose processing failed (no rejected input of its own).
 PROCESSING_FAILED = "processing_failed"
 QUARANTINED = "quarantined"
+#: Fatal error codes, and end reasons, of a session the worker's limits end.
+MAX_DURATION = "max_duration"
+TOO_MANY_REJECTIONS = "too_many_rejections"
 #: Every reason above: the metric exports each at 0 from the start, so a rate() over it works
 #: before the first rejection and an alert can tell "none yet" from "not exported".
 REJECTION_REASONS = (

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A dead letter keeps at most this much of the rejected entry's raw message.
+DEAD_LETTER_RAW_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class Record:
@@ -57,7 +60,7 @@ class SessionRecords:
 
     def reject_open(self: LiveSession, reason: str, message: str, raw: bytes) -> None:
         """End the session because its open message is unusable: an error, and a dead letter of it."""
-        letter = DeadLetter(self.session_id, "open", reason, message, raw[:1024], time.time())
+        letter = DeadLetter(self.session_id, "open", reason, message, raw[:DEAD_LETTER_RAW_BYTES], time.time())
         self._pending_fatal = Fatal(reason, message, letter)
         self.dirty = True
 
@@ -107,8 +110,12 @@ class SessionRecords:
     def _reject(self: LiveSession, entry: inputs.InputEntry, reason: str, message: str) -> None:
         log.info("session %s: rejected entry %s: %s (%s)", self.session_id, entry.entry_id, reason, message)
         self.stats.rejected.append(reason)
+        self.rejections += 1
         self._emit_error(reason, f"entry {entry.entry_id}: {message}", fatal=False)
-        letter = DeadLetter(self.session_id, entry.entry_id, reason, message, entry.raw, time.time())
+        # a letter keeps the start of what was sent: enough to see what it was, never a flood's bulk
+        letter = DeadLetter(
+            self.session_id, entry.entry_id, reason, message, entry.raw[:DEAD_LETTER_RAW_BYTES], time.time()
+        )
         self.records.append(("d", letter))
 
     def _record(self: LiveSession, message: Message) -> None:

@@ -90,6 +90,7 @@ class LiveSession(SessionRecords):
         max_chunk_bytes: int,
         processor_rate: int,
         config: ASRConfig | None = None,
+        max_rejections: int = 100,
     ) -> None:
         self.lease = lease
         #: the session's ASR options (None when its open message was refused)
@@ -121,6 +122,11 @@ class LiveSession(SessionRecords):
         #: its processing raised: no checkpoint is taken of it any more (see :meth:`abort`)
         self.untrusted = False
         self.partials = PartialTracker(lease.session_id, enabled=opened.partials)
+        #: Unix time past which the session ends (``max_session_sec`` after its open; set on acquire)
+        self.deadline = float("inf")
+        #: rejected entries so far in this ownership; past ``max_rejections`` the session ends
+        self.rejections = 0
+        self.max_rejections = max_rejections
 
     @property
     def session_id(self) -> str:
@@ -166,6 +172,12 @@ class LiveSession(SessionRecords):
             return []
         if self._pending_fatal:
             return []
+        if not self.end_reached and time.time() > self.deadline:
+            return self._plan_end(inputs.MAX_DURATION, "the session reached this worker's max_session_sec")
+        if self.rejections > self.max_rejections:
+            return self._plan_end(
+                inputs.TOO_MANY_REJECTIONS, f"more than {self.max_rejections} input entries were rejected"
+            )
         due = self._consume_until_due()
         if not due and not self.end_reached and time.monotonic() - self.last_input_at > stall_timeout_sec:
             log.warning("session %s: no input for %.0f s, ending it", self.session_id, stall_timeout_sec)
@@ -175,6 +187,10 @@ class LiveSession(SessionRecords):
             due = True
         if not due:
             return []
+        return self._calls()
+
+    def _calls(self) -> list[PlannedCall]:
+        """The transcribe calls of the channels that are due (and, at the end, of all with audio left)."""
         calls: list[PlannedCall] = []
         for channel, proc in enumerate(self.processors):
             if not (_is_due(proc) or (self.end_reached and _unprocessed_sec(proc) > 0)):
@@ -189,6 +205,15 @@ class LiveSession(SessionRecords):
                 self._take_committed(channel, proc.process_iter())
         self.dirty = True
         return calls
+
+    def _plan_end(self, code: str, message: str) -> list[PlannedCall]:
+        """End the session now: a fatal error, the queued input dropped, the processors finished."""
+        log.warning("session %s: %s; ending it", self.session_id, message)
+        self._emit_error(code, message, fatal=True)
+        self.queue.clear()
+        self.end_reached = True
+        self.end_reason = code
+        return self._calls()
 
     def _consume_until_due(self) -> bool:
         """Consume queued entries up to the first processing point (True) or the queue's end.
