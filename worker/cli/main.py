@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str | None] = {
     "tail": None,
     "demo": "worker",
     "gateway": "gateway",
+    "admin": None,
 }
 #: Help of the subcommands that live in every install, shown also when their module is missing.
 _HELP = {"simulate": "one file through a processor", "worker": "run a transcription worker", "demo": "a live demo"}

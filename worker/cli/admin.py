@@ -1,0 +1,191 @@
+"""``streamscribe admin``: what an operator does to the sessions of a fleet, from the command line.
+
+    streamscribe admin sessions [--json]             every retained session: status, owner, epoch, age
+    streamscribe admin waiting                       sessions announced and owned by no worker
+    streamscribe admin dead-letters SESSION [--json] a session's rejected input, with reasons
+    streamscribe admin end SESSION [--reason R]      end a live session as its producer would
+    streamscribe admin reannounce SESSION            give an orphan (open, no live lease) to the workers
+    streamscribe admin purge SESSION [--force]       delete every key of a session (erasure requests)
+
+Each acts through the same keys and messages as producers and workers do (docs/protocol.md):
+``end`` appends an end marker after the last chunk, so the owner commits the tail and ends the
+session; ``reannounce`` clears the lost lease of a session whose announcement entry is gone
+(Redis data loss) and announces it again, so a worker restores it from its last checkpoint with the
+exactly-once record intact; ``purge`` refuses a live session unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from producer.common import add_connection_arguments, tls_from_args
+from worker.errors import ConfigError
+from worker.protocol.connection import connect, text
+from worker.protocol.keys import WORKER_GROUP, Keyspace, check_session_id
+from worker.protocol.messages import DeadLetter, EndOfSession, input_entry_id
+
+#: State fields ``sessions`` shows, in order.
+STATE_FIELDS = ("status", "owner", "epoch", "created_ms", "acquired_ms", "out_seq", "lease_entry")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("admin", help="list, end, re-announce and purge sessions; read dead letters")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("sessions", help="every retained session with its owner, epoch and age")
+    listing.add_argument("--json", action="store_true", help="one JSON object per session")
+    actions.add_parser("waiting", help="sessions announced and owned by no worker, per shard")
+    letters = actions.add_parser("dead-letters", help="a session's rejected input")
+    letters.add_argument("session")
+    letters.add_argument("--json", action="store_true")
+    end = actions.add_parser("end", help="end a live session now (an end marker after its last chunk)")
+    end.add_argument("session")
+    end.add_argument("--reason", default="ended_by_operator", help="the session_ended reason")
+    again = actions.add_parser("reannounce", help="give an orphaned open session to the workers again")
+    again.add_argument("session")
+    purge = actions.add_parser("purge", help="delete every key of a session")
+    purge.add_argument("session")
+    purge.add_argument("--force", action="store_true", help="also a live session (its owner ends with errors)")
+    for action in (listing, actions.choices["waiting"], letters, end, again, purge):
+        add_connection_arguments(action)
+        action.add_argument("--group", default=WORKER_GROUP, help="the workers' consumer group (their --group)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from producer.common import ConnectionOptions
+
+    options = ConnectionOptions.resolve(args.redis_url, args.key_prefix, args.shards, tls_from_args(args))
+    client = connect(options.redis_url, args.cluster, options.tls)
+    keys = Keyspace(options.key_prefix, options.shards)
+    try:
+        return ACTIONS[args.action](client, keys, args)
+    finally:
+        client.close()
+
+
+def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    now_ms = time.time() * 1000
+    pattern = f"{keys.prefix}:{{*}}:state"
+    rows = []
+    for key in sorted(text(k) for k in client.scan_iter(match=pattern, count=1000)):
+        sid = key[len(keys.prefix) + 2 : -len("}:state")]
+        values = dict(
+            zip(
+                STATE_FIELDS,
+                (text(v) if v is not None else None for v in client.hmget(key, *STATE_FIELDS)),
+                strict=True,
+            )
+        )
+        created = float(values["created_ms"] or now_ms)
+        rows.append(
+            {
+                "session": sid,
+                "status": values["status"],
+                "owner": values["owner"],
+                "epoch": int(values["epoch"] or 0),
+                "age_sec": round((now_ms - created) / 1000, 1),
+                "input_entries": int(client.xlen(keys.session_input(sid))),
+                "out_seq": int(values["out_seq"] or 0),
+            }
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'session':40s} {'status':7s} {'owner':30s} {'epoch':>5s} {'age':>9s} {'input':>6s} {'out':>5s}")
+    for r in rows:
+        print(
+            f"{r['session']:40s} {r['status'] or '-':7s} {r['owner'] or '-':30s} {r['epoch']:5d} "
+            f"{r['age_sec']:8.0f}s {r['input_entries']:6d} {r['out_seq']:5d}"
+        )
+    return 0
+
+
+def _waiting(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    from worker.protocol.scripts import Scripts
+    from worker.runtime.ownership import LeaseManager
+
+    leases = LeaseManager(client, keys, Scripts(), args.group, "admin", 10.0)
+    print(leases.waiting())
+    return 0
+
+
+def _dead_letters(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    sid = check_session_id(args.session)
+    for _id, fields in client.xrange(keys.session_dead_letters(sid)):
+        letter = DeadLetter.decode(fields[b"m"])
+        if args.json:
+            row = {
+                "seq": int(fields.get(b"seq", 0)),
+                "entry": letter.entry_id,
+                "reason": letter.reason,
+                "message": letter.message,
+                "raw_bytes": len(letter.raw),
+                "rejected_at": letter.rejected_at,
+            }
+            print(json.dumps(row))
+        else:
+            print(f"{letter.entry_id:>12s}  {letter.reason:20s} {letter.message}  ({len(letter.raw)} bytes kept)")
+    return 0
+
+
+def _state(client: Any, keys: Keyspace, sid: str) -> dict[str, str]:
+    raw = client.hgetall(keys.session_state(sid))
+    if not raw:
+        raise ConfigError(f"no session {sid!r} (never opened, or its retention passed)")
+    return {text(k): text(v) for k, v in raw.items() if k != b"checkpoint" and k != b"open"}
+
+
+def _end(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    sid = check_session_id(args.session)
+    if _state(client, keys, sid).get("status") == "ended":
+        raise ConfigError(f"session {sid!r} has ended already")
+    last = client.xrevrange(keys.session_input(sid), count=1)
+    seq = int(text(last[0][0]).split("-")[0]) if last else 0
+    marker = EndOfSession(seq=seq, sent_at=time.time(), reason=args.reason)
+    client.xadd(keys.session_input(sid), {"m": marker.encode()}, id=input_entry_id(seq))
+    print(f"end marker appended to {sid} at seq {seq}; its owner commits the tail and ends it ({args.reason})")
+    return 0
+
+
+def _reannounce(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    sid = check_session_id(args.session)
+    state = _state(client, keys, sid)
+    if state.get("status") == "ended":
+        raise ConfigError(f"session {sid!r} has ended; nothing to re-announce")
+    shard = keys.shard_of(sid)
+    entry = state.get("lease_entry")
+    if entry:
+        held = client.xpending_range(keys.announcements(shard), args.group, entry, entry, 1)
+        waiting = client.xrange(keys.announcements(shard), entry, entry)
+        if held or waiting:
+            raise ConfigError(f"session {sid!r} has a live lease ({entry}); it is not an orphan")
+    # the lease entry is gone (Redis lost it): clear it, so the new announcement is not a duplicate
+    client.hdel(keys.session_state(sid), "lease_entry")
+    new_entry = text(client.xadd(keys.announcements(shard), {"session": sid}))
+    print(f"session {sid} announced again ({new_entry}); a worker restores it from its last checkpoint")
+    return 0
+
+
+def _purge(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    sid = check_session_id(args.session)
+    status = _state(client, keys, sid).get("status")
+    if status != "ended" and not args.force:
+        raise ConfigError(f"session {sid!r} is {status or 'open'}; end it first, or purge it with --force")
+    names = [*keys.session_keys(sid), keys.session_partials(sid)]
+    removed = sum(int(client.delete(name)) for name in names) + int(client.delete(keys.forward_cursor(sid)))
+    print(f"session {sid}: {removed} key(s) deleted (its copies in the shard streams age out with them)")
+    return 0
+
+
+ACTIONS = {
+    "sessions": _sessions,
+    "waiting": _waiting,
+    "dead-letters": _dead_letters,
+    "end": _end,
+    "reannounce": _reannounce,
+    "purge": _purge,
+}
