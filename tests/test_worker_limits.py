@@ -81,3 +81,21 @@ def test_a_flood_of_rejected_entries_ends_the_session_and_dead_letters_keep_only
     assert own and own == shard
     letters = [DeadLetter.decode(f[b"m"]) for _id, f in client.xrange(KEYS.session_dead_letters("flood"))]
     assert all(len(letter.raw) <= 1024 for letter in letters)
+
+
+def test_read_ahead_holds_at_most_read_ahead_bytes_of_decoded_audio_even_with_the_largest_chunks(redis_url):
+    cap = 262144  # max_chunk_bytes: 256 KiB of mu-law is 32 s of 8 kHz audio, 1 MiB decoded
+    audio = encode_words(random_words(40, seed=5), 8000)
+    audio = np.concatenate([audio, np.zeros(cap * 12 - audio.shape[0], np.float32)])
+    with Producer(redis_url).open("huge-chunks", sample_rate=8000, encoding="mulaw") as writer:
+        for k in range(0, audio.shape[0], cap):
+            writer.send(audio[k : k + cap])
+    worker = Worker(synthetic_settings(redis_url, read_ahead_bytes=4 * 2**20, max_chunk_bytes=cap))
+    worker.start()
+    worker._take_sessions()
+    worker._read_input()
+    session = worker.sessions["huge-chunks"]
+    assert 0 < session.queued_bytes() <= 4 * 2**20 and len(session.queue) == 4
+    worker.run(burst=True)
+    events = session_events(client_for(redis_url), "huge-chunks")
+    assert events[-1].reason == "completed" and words_of(events) == oracle(random_words(40, seed=5), 8000)

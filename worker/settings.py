@@ -58,6 +58,9 @@ class WorkerSettings(BaseSettings):
     max_chunk_bytes: int = Field(262144, ge=1024, description="Larger audio chunks are rejected")
     max_channels: int = Field(2, ge=1, le=8, description="Channels per session")
     read_count: int = Field(500, ge=1, description="Input entries read per session per round trip")
+    read_ahead_bytes: int = Field(
+        32 * 2**20, ge=2**20, description="Decoded audio one session holds read ahead, at most (bytes)"
+    )
     max_session_attempts: int = Field(
         3, ge=1, le=1000, description="Attempts in a row to restore or process a session before it is quarantined"
     )

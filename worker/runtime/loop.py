@@ -259,19 +259,29 @@ class Worker:
         self.committer.unproven[sid] = session.in_pos
 
     def _read_input(self) -> None:
-        """Top up each session's queue to ``read_count`` entries, in one pipelined round trip.
+        """Top up each session's queue, in one pipelined round trip: to ``read_count`` entries and
+        ``read_ahead_bytes`` of decoded audio.
 
         Never more: a backlog (after an outage, or a burst) stays in Redis, not decoded in this
-        process's memory, which stays flat however far behind a session is.
+        process's memory, which stays flat however far behind a session is. The byte bound counts
+        each entry still unread at its largest decoded size (``max_chunk_bytes`` of one-byte
+        samples become four-byte floats), so huge chunks cannot multiply it.
         """
         limit = self.settings.read_count
-        active = [s for s in self.sessions.values() if not s.end_reached and len(s.queue) < limit]
-        if not active:
+        largest = 4 * self.settings.max_chunk_bytes
+        wanted: list[tuple[LiveSession, int]] = []
+        for s in self.sessions.values():
+            room = (self.settings.read_ahead_bytes - s.queued_bytes()) // largest
+            count = min(limit - len(s.queue), room if s.queue else max(1, room))
+            if not s.end_reached and count > 0:
+                wanted.append((s, count))
+        if not wanted:
             return
+        active = [s for s, _count in wanted]
         pipe = self.client.pipeline(transaction=False)
-        for s in active:
+        for s, count in wanted:
             key = self.keys.session_input(s.session_id)
-            pipe.xrange(key, f"({s.last_read_id}", "+", count=limit - len(s.queue))
+            pipe.xrange(key, f"({s.last_read_id}", "+", count=count)
             pipe.xlen(key)  # for the backlog still in Redis
         replies = pipe.execute(raise_on_error=False)
         for s, entries, length in zip(active, replies[0::2], replies[1::2], strict=True):

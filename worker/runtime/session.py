@@ -141,6 +141,10 @@ class LiveSession(SessionRecords):
         queued = sum(e.frames for e in self.queue)
         return (queued + self._unread_entries * self._chunk_frames) / self.opened.sample_rate
 
+    def queued_bytes(self) -> int:
+        """Decoded audio read ahead and not consumed yet."""
+        return sum(e.audio.nbytes for e in self.queue if e.audio is not None)
+
     def note_input_length(self, length: int) -> None:
         """The input stream's XLEN: it holds the entries since the trim point (all fed, or queued)."""
         self._unread_entries = max(0, length - len(self.fed) - len(self.queue))
