@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
+from producer.common import GatewayStats
 from producer.gateway import close_draining
 from worker.errors import SessionExistsError
 
@@ -78,7 +79,7 @@ class AudioForkGateway:
         self.chunk_ms = max(20, chunk_ms)
         self.subprotocols = subprotocols
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
-        self.malformed = 0  # calls closed for malformed audio or metadata
+        self.stats = GatewayStats()
 
     async def serve(self, host: str = "0.0.0.0", port: int = 8766) -> Any:
         """Start listening; returns the ``websockets`` server (``close()``, ``wait_closed()``)."""
@@ -95,6 +96,7 @@ class AudioForkGateway:
         reason = "error"
         metadata: dict[str, Any] = {}
         frame_bytes = chunk_bytes = 0
+        self.stats.connections += 1
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -103,6 +105,7 @@ class AudioForkGateway:
                     continue  # later text frames (send_text) carry the application's own events
                 if writer is None:
                     writer, frame_bytes, chunk_bytes = await self._open(ws, metadata)
+                self.stats.frames += 1
                 if len(message) % frame_bytes:
                     raise MalformedCall(f"{len(message)} audio bytes are not whole {frame_bytes}-byte frames")
                 pending += message
@@ -113,13 +116,15 @@ class AudioForkGateway:
         except ConnectionClosed as e:
             reason = "completed" if e.rcvd is not None and e.rcvd.code in (1000, 1001) else "error"
         except SessionExistsError as e:
+            self.stats.refused_duplicate += 1
             log.warning("refusing an audio fork: %s", e)
             await close_draining(ws, 1008, "this call is streaming already")
         except MalformedCall as e:
-            self.malformed += 1
+            self.stats.malformed += 1
             log.warning("audio fork %s: %s; ending the call", writer.session_id if writer else "(not started)", e)
             await close_draining(ws, 1003, str(e))
         finally:
+            self.stats.connections -= 1
             if writer is not None:
                 if pending:
                     await writer.send(bytes(pending))
@@ -148,6 +153,7 @@ class AudioForkGateway:
             exclusive=True,
         )
         self.sessions.append(writer.session_id)
+        self.stats.calls += 1
         log.info("audio fork -> session %s (%d Hz, %s)", writer.session_id, rate, mix)
         frame_bytes = 2 * channels
         return writer, frame_bytes, frame_bytes * rate * self.chunk_ms // 1000

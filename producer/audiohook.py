@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
-from producer.common import silence
+from producer.common import GatewayStats, silence
 from producer.gateway import close_draining
 from worker.errors import SessionExistsError
 
@@ -127,8 +127,7 @@ class AudioHookGateway:
         self.session_prefix = session_prefix
         self.chunk_ms = max(20, chunk_ms)
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
-        self.malformed = 0
-        self.refused = 0  # connections refused for their API key
+        self.stats = GatewayStats()
 
     async def serve(self, host: str = "0.0.0.0", port: int = 8765) -> Any:
         """Start listening; returns the ``websockets`` server (``close()``, ``wait_closed()``)."""
@@ -141,7 +140,7 @@ class AudioHookGateway:
         key = request.headers.get("X-API-KEY", "")
         if any(hmac.compare_digest(key.encode(), k.encode()) for k in self.api_keys):
             return None
-        self.refused += 1
+        self.stats.refused_auth += 1
         log.warning("refusing an AudioHook connection: %s X-API-KEY", "a wrong" if key else "no")
         return connection.respond(401, "a valid X-API-KEY header is required\n")
 
@@ -150,6 +149,7 @@ class AudioHookGateway:
 
         state = AudioHookSession(ws)
         reason = "error"  # the connection was lost without close
+        self.stats.connections += 1
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
@@ -162,17 +162,19 @@ class AudioHookGateway:
         except ConnectionClosed:
             pass
         except SessionExistsError as e:
+            self.stats.refused_duplicate += 1
             log.warning("refusing an AudioHook session: %s", e)
             await state.reply("disconnect", {"reason": "error", "info": "this session is streaming already"})
             await close_draining(ws, 1008, "this session is streaming already")
         except MalformedMessage as e:
-            self.malformed += 1
+            self.stats.malformed += 1
             log.warning("AudioHook session %s: malformed message: %s; ending it", state.id or "(not open)", e)
             reason = "error"
             if state.id is not None:
                 await state.reply("disconnect", {"reason": "error", "info": str(e)[:200]})
             await close_draining(ws, 1003, str(e))
         finally:
+            self.stats.connections -= 1
             if state.writer is not None:
                 await self._flush(state)
                 await state.writer.close(reason)
@@ -238,12 +240,14 @@ class AudioHookGateway:
             exclusive=True,
         )
         self.sessions.append(state.writer.session_id)
+        self.stats.calls += 1
         await state.reply("opened", {"startPaused": False, "media": [media]})
         log.info("AudioHook session %s -> session %s (%s)", state.id, state.writer.session_id, media["channels"])
 
     async def _audio(self, state: AudioHookSession, data: bytes) -> None:
         if state.writer is None:
             raise MalformedMessage("audio before open")
+        self.stats.frames += 1
         if len(data) % state.channels:
             raise MalformedMessage(f"{len(data)} audio bytes are not whole {state.channels}-channel frames")
         state.pending += data

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
+from producer.common import GatewayStats
 from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,8 @@ class AudioSocketGateway:
         self.max_connections = max_connections
         self.handshake_timeout_sec = handshake_timeout_sec
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
-        self.connections = 0
+        self.stats = GatewayStats()
         self.dtmf_digits = 0  # all calls
-        self.malformed = 0  # connections closed for a malformed frame
         self._open_streams: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -136,28 +136,30 @@ class AudioSocketGateway:
         for stream in list(self._open_streams):
             stream.close()
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.connections and asyncio.get_running_loop().time() < deadline:
+        while self.stats.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
 
     async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection: one call."""
-        if self.connections >= self.max_connections:
-            log.warning("refusing an AudioSocket connection: %d are open already", self.connections)
+        if self.stats.connections >= self.max_connections:
+            self.stats.refused_capacity += 1
+            log.warning("refusing an AudioSocket connection: %d are open already", self.stats.connections)
             writer.close()
             return
-        self.connections += 1
+        self.stats.connections += 1
         self._open_streams.add(writer)
         call = AudioSocketCall()
         reason = "error"  # the connection dropped without a hangup
         try:
             reason = await self._serve_call(reader, call)
         except MalformedFrame as e:
-            self.malformed += 1
+            self.stats.malformed += 1
             log.warning("AudioSocket call %s: malformed frame: %s; ending it", call.call_id or "(no uuid yet)", e)
             reason = "error"
         except (asyncio.IncompleteReadError, ConnectionError):
             reason = "error"
         except SessionExistsError as e:
+            self.stats.refused_duplicate += 1
             log.warning("refusing an AudioSocket call: %s", e)
         except asyncio.TimeoutError:
             log.info("an AudioSocket connection named no call in %.0f s; closing it", self.handshake_timeout_sec)
@@ -180,7 +182,7 @@ class AudioSocketGateway:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self._open_streams.discard(writer)
-            self.connections -= 1
+            self.stats.connections -= 1
 
     async def _serve_call(self, reader: asyncio.StreamReader, call: AudioSocketCall) -> str:
         """Read frames until the call ends; returns the session's end reason."""
@@ -224,6 +226,7 @@ class AudioSocketGateway:
         elif rate != call.rate:
             raise MalformedFrame(f"the audio changed from {call.rate} Hz to {rate} Hz within the call")
         call.frames += 1
+        self.stats.frames += 1
         call.pending += payload
         if len(call.pending) >= 2 * rate * self.chunk_ms // 1000:
             await self._flush(call)
@@ -244,6 +247,7 @@ class AudioSocketGateway:
             exclusive=True,
         )
         self.sessions.append(writer.session_id)
+        self.stats.calls += 1
         log.info("AudioSocket call %s -> session %s (%d Hz)", call_id, writer.session_id, rate)
         return writer
 

@@ -180,3 +180,16 @@ def check_open_status(session_id: str, status: str) -> None:
             f"session id {session_id!r} belongs to a session that already ended (kept for its retention); "
             "open the new call under a new id"
         )
+
+
+@dataclass
+class GatewayStats:
+    """What a gateway counts, the same for every protocol (``streamscribe_gateway_*`` metrics)."""
+
+    connections: int = 0  # open now
+    calls: int = 0  # sessions opened
+    frames: int = 0  # audio frames or messages received
+    refused_auth: int = 0  # upgrades refused for their credentials (signature, API key)
+    refused_duplicate: int = 0  # streams that named a call another stream carries
+    refused_capacity: int = 0  # connections past the cap
+    malformed: int = 0  # calls ended for a malformed frame or message

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from producer.aio import AsyncProducer, AsyncSessionWriter
-from producer.common import silence
+from producer.common import GatewayStats, silence
 from worker.errors import SessionExistsError
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class TwilioGateway:
         max_lag_ms: int = 200,
         auth_token: str | None = None,
         public_url: str | None = None,
+        max_connections: int = 1000,
     ) -> None:
         if session_id_from not in ("call", "stream"):
             raise ValueError("session_id_from is 'call' or 'stream'")
@@ -214,7 +215,8 @@ class TwilioGateway:
             raise ValueError("checking X-Twilio-Signature needs the public URL Twilio connects to")
         self.auth_token = auth_token
         self.public_url = public_url
-        self.refused_upgrades = 0  # upgrades refused for their signature
+        self.max_connections = max_connections
+        self.stats = GatewayStats()
         self.producer = producer
         self.language = language
         self.session_id_from = session_id_from
@@ -224,7 +226,6 @@ class TwilioGateway:
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
         self.filled_frames = 0  # track frames replaced by silence, all streams
         self.dropped_frames = 0  # late, repeated or absurd track frames, all streams
-        self.refused_calls = 0  # streams that named a call another stream carries
 
     async def serve(self, host: str = "0.0.0.0", port: int = 8765) -> Any:
         """Start listening; returns the ``websockets`` server (``close()``, ``wait_closed()``)."""
@@ -242,7 +243,7 @@ class TwilioGateway:
             hmac.compare_digest(given, twilio_signature(self.auth_token, url)) for url in url_variants(self.public_url)
         ):
             return None
-        self.refused_upgrades += 1
+        self.stats.refused_auth += 1
         log.warning("refusing a WebSocket upgrade: %s X-Twilio-Signature", "a wrong" if given else "no")
         return connection.respond(403, "X-Twilio-Signature is missing or does not match\n")
 
@@ -252,6 +253,12 @@ class TwilioGateway:
 
         call: CallStream | None = None
         reason = "error"  # the socket closed without a stop message: the feed was cut
+        if self.stats.connections >= self.max_connections:
+            self.stats.refused_capacity += 1
+            log.warning("refusing a stream: %d connections are open already", self.stats.connections)
+            await ws.close(1013, "the gateway is at capacity")  # 1013: try again later
+            return
+        self.stats.connections += 1
         try:
             async for raw in ws:
                 message = _parse(raw)
@@ -264,11 +271,12 @@ class TwilioGateway:
                         await close_draining(ws, 1003, str(e))  # 1003: unsupported data
                         return
                     except SessionExistsError as e:
-                        self.refused_calls += 1
+                        self.stats.refused_duplicate += 1
                         log.warning("refusing a stream: %s", e)
                         await close_draining(ws, 1008, "this call is streaming already")  # 1008: policy violation
                         return
                 elif event == "media" and call is not None:
+                    self.stats.frames += 1
                     await call.media(message.get("media") or {})
                 elif event == "stop":
                     reason = "completed"
@@ -281,6 +289,7 @@ class TwilioGateway:
             log.exception("stream %s failed", call.session_id if call else "(not started)")
             raise
         finally:
+            self.stats.connections -= 1
             if call is not None:
                 await call.finish(reason)
                 self.filled_frames += call.mixer.filled
@@ -319,6 +328,7 @@ class TwilioGateway:
             exclusive=True,
         )
         self.sessions.append(writer.session_id)
+        self.stats.calls += 1
         log.info("stream %s of call %s -> session %s (%s)", stream_sid, call_sid, writer.session_id, metadata["tracks"])
         mixer = FrameMixer(tracks, fill=silence(encoding, FRAME_SAMPLES), max_lag_frames=self.max_lag_frames)
         return CallStream(writer, mixer, self.frames_per_chunk)

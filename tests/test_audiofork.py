@@ -132,7 +132,7 @@ def test_audio_that_is_not_whole_stereo_frames_ends_the_call_with_error(redis_ur
     frames = l16_frames(synthetic_stereo(CALLER, CALLEE, 8000), 8000)
     frames.insert(3, b"\x00\x01\x02")  # not a whole number of 4-byte stereo frames
     gateway = run_calls(redis_url, [(f"/{UUID}", frames, {})], mix_type="stereo")
-    assert gateway.malformed == 1 and "not whole 4-byte frames" in caplog.text
+    assert gateway.stats.malformed == 1 and "not whole 4-byte frames" in caplog.text
     run_worker(synthetic_settings(redis_url))
     assert output_events(redis_url, UUID)[-1].reason == "error"
 

@@ -180,7 +180,7 @@ def test_a_connection_without_the_api_key_is_refused_before_the_upgrade(redis_ur
                 assert refused.value.response.status_code == 401
         return gateway
 
-    assert asyncio.run(main()).refused == 2
+    assert asyncio.run(main()).stats.refused_auth == 2
 
 
 def test_a_lost_connection_ends_the_session_with_error(redis_url):
@@ -227,7 +227,7 @@ def test_a_malformed_session_gets_disconnect_and_ends_with_error(redis_url, offe
         return gateway, replies
 
     gateway, replies = asyncio.run(main())
-    assert gateway.malformed == 1, why
+    assert gateway.stats.malformed == 1, why
     disconnect = replies[-1]
     assert disconnect["type"] == "disconnect" and disconnect["parameters"]["reason"] == "error"
     if gateway.sessions:

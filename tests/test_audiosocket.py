@@ -4,11 +4,13 @@ big-endian length, payload) replays calls over real TCP, a real worker transcrib
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -63,7 +65,7 @@ async def through_gateway(url: str, calls: list[list[bytes]], **options: object)
     try:
         await asyncio.gather(*(send(port, frames) for frames in calls))
         for _ in range(200):  # the handlers finish after the client closed
-            if gateway.connections == 0:
+            if gateway.stats.connections == 0:
                 break
             await asyncio.sleep(0.02)
     finally:
@@ -87,7 +89,7 @@ def test_a_call_is_one_session_named_after_its_uuid_and_a_hangup_completes_it(re
     gateway = asyncio.run(through_gateway(redis_url, [frames], session_prefix="pbx-"))
     sid = f"pbx-{CALL}"
     assert gateway.sessions == [sid] and sid == "pbx-40325ec2-5efd-4bd3-805f-53576e581d13"
-    assert gateway.dtmf_digits == 1 and gateway.malformed == 0
+    assert gateway.dtmf_digits == 1 and gateway.stats.malformed == 0
     opened = session_open(redis_url, sid)
     assert (opened.sample_rate, opened.encoding, opened.channels) == (8000, "pcm_s16le", 1)
     assert opened.metadata == {"source": "audiosocket", "call_uuid": str(CALL)}
@@ -140,7 +142,7 @@ def test_a_malformed_frame_ends_the_session_with_error_and_other_calls_go_on(red
     frames.insert(len(frames) // 2, bad)
     good = [*call_frames(other, encode_words(WORDS, 8000)), encode_frame(0)]
     gateway = asyncio.run(through_gateway(redis_url, [frames, good]))
-    assert gateway.malformed == 1, why
+    assert gateway.stats.malformed == 1, why
     assert "malformed frame" in caplog.text
     run_worker(synthetic_settings(redis_url))
     assert output_events(redis_url, str(CALL))[-1].reason == "error"
@@ -151,7 +153,12 @@ def test_a_malformed_frame_ends_the_session_with_error_and_other_calls_go_on(red
 def test_audio_before_the_uuid_closes_the_connection_without_a_session(redis_url):
     frames = [encode_frame(0x10, b"\x00\x00" * 160), encode_frame(0x01, CALL.bytes)]
     gateway = asyncio.run(through_gateway(redis_url, [frames]))
-    assert gateway.malformed == 1 and gateway.sessions == []
+    assert gateway.stats.malformed == 1 and gateway.sessions == []
+
+
+def scrape(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+        return reply.read().decode()
 
 
 def rss_kib(pid: int) -> int:
@@ -165,15 +172,16 @@ def rss_kib(pid: int) -> int:
 def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_through(valkey_url):
     gateway = subprocess.Popen(
         [STREAMSCRIBE, "gateway", "--protocol", "audiosocket", "--host", "127.0.0.1", "--port", "0",
-         "--redis-url", valkey_url],
+         "--redis-url", valkey_url, "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     idle: list[socket.socket] = []
     try:
         assert gateway.stdout is not None
         line = gateway.stdout.readline()
-        assert "(audiosocket) listening on tcp://" in line, line
+        assert "(audiosocket)" in line and "listening on tcp://" in line, line
         port = int(line.rsplit(":", 1)[1])
+        metrics_port = int(re.search(r"metrics on :(\d+)", line).group(1))
         asyncio.run(send(port, [*call_frames(uuid.uuid4(), encode_words(WORDS[:2], 8000)), encode_frame(0)]))
         time.sleep(0.5)
         before = rss_kib(gateway.pid)
@@ -184,6 +192,11 @@ def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_
         grown = rss_kib(gateway.pid) - before
         print(f"\n200 idle AudioSocket connections: +{grown} KiB resident")
         assert grown < 16 * 1024
+        metrics = scrape(metrics_port, "/metrics")
+        assert 'streamscribe_gateway_connections{protocol="audiosocket"} 200.0' in metrics
+        assert 'streamscribe_gateway_calls_total{protocol="audiosocket"} 1.0' in metrics
+        assert 'streamscribe_gateway_refused_total{protocol="audiosocket",reason="capacity"} 0.0' in metrics
+        assert scrape(metrics_port, "/healthz").startswith("ok")
         asyncio.run(send(port, [*call_frames(CALL, encode_words(WORDS, 8000)), encode_frame(0)]))
         assert gateway.poll() is None
         gateway.send_signal(signal.SIGTERM)

@@ -243,6 +243,8 @@ def test_the_gateway_command_serves_calls_until_sigterm(valkey_url):
             "--redis-url",
             valkey_url,
             "--insecure-no-auth",
+            "--metrics-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

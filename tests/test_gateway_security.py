@@ -77,7 +77,7 @@ def test_only_upgrades_signed_for_the_public_url_are_accepted(redis_url):
         return gateway
 
     gateway = asyncio.run(main())
-    assert gateway.refused_upgrades == 3 and gateway.sessions == ["CA-signed", "CA-port"]
+    assert gateway.stats.refused_auth == 3 and gateway.sessions == ["CA-signed", "CA-port"]
     assert not raw_client(redis_url).exists(Keyspace().session_state("CA-forged"))
 
 
@@ -112,7 +112,7 @@ def test_a_second_stream_of_a_live_call_is_refused_and_its_audio_reaches_no_sess
 
     gateway, close_code = asyncio.run(main())
     assert close_code == 1008
-    assert gateway.refused_calls == 1 and gateway.sessions == ["CA-live"]
+    assert gateway.stats.refused_duplicate == 1 and gateway.sessions == ["CA-live"]
     run_worker(synthetic_settings(redis_url))
     events = output_events(redis_url, "CA-live")
     assert [w.word for e in events if isinstance(e, SegmentEvent) for w in e.words] == INBOUND_WORDS
@@ -161,3 +161,32 @@ def test_the_gateway_refuses_to_start_unauthenticated_unless_told_to(redis_url):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert no_url.returncode == 2 and "--public-url" in no_url.stderr
+
+
+def test_connections_past_the_cap_are_refused_and_counted(redis_url):
+    frames = mulaw_frames(encode_words(INBOUND_WORDS, 8000))
+
+    async def second(url: str) -> int | None:
+        async with ws_connect(url) as ws:
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            return ws.close_code
+
+    async def main() -> tuple[TwilioGateway, int | None]:
+        producer = await AsyncProducer.connect(redis_url)
+        gateway = TwilioGateway(producer, max_connections=1)
+        server = await gateway.serve("127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            first = asyncio.create_task(stream(url, None, "CA-first", frames, hold=1.0))
+            await asyncio.sleep(0.3)
+            code = await second(url)
+            await first
+        finally:
+            server.close()
+            await server.wait_closed()
+            await producer.aclose()
+        return gateway, code
+
+    gateway, code = asyncio.run(main())
+    assert code == 1013 and gateway.stats.refused_capacity == 1 and gateway.sessions == ["CA-first"]
+    assert gateway.stats.calls == 1 and gateway.stats.connections == 0

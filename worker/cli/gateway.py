@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import Any
 
+from producer.audiosocket import AudioSocketGateway
 from producer.common import add_connection_arguments, tls_from_args
 from worker.errors import ConfigError
 
@@ -33,7 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--session-prefix", default="", help="put before every session id")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per chunk written (a multiple of 20 ms)")
     p.add_argument("--max-lag-ms", type=int, default=200, help="twilio: fill a track this far behind with silence")
-    p.add_argument("--max-connections", type=int, default=1000, help="audiosocket: refuse connections past this")
+    p.add_argument(
+        "--max-connections", type=int, default=1000, help="twilio, audiosocket: refuse connections past this"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=9401, help="/metrics and /healthz (default 9401; 0: a free port)"
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--sample-rate", default="8k", help="audio-fork: the sampling rate of uuid_audio_fork (8k, 16k)")
     p.add_argument(
         "--mix-type", choices=["mono", "mixed", "stereo"], default="mono", help="audio-fork: the mix type it sends"
@@ -89,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         args.api_key = [*args.api_key, *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
         if not args.api_key:
             raise ConfigError(f"audiohook needs the API keys Genesys sends: --api-key KEY or ${API_KEYS_ENV}")
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("the gateway's /metrics needs prometheus-client: pip install 'streamscribe[gateway]'") from e
     if args.protocol != "audiosocket":
         try:
             import websockets  # noqa: F401
@@ -100,51 +112,95 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     from producer.aio import AsyncProducer
+    from producer.gateway_metrics import gateway_registry
+    from worker.metrics import MetricsServer
 
     producer = await AsyncProducer.connect(
         args.redis_url, key_prefix=args.key_prefix, shards=args.shards, cluster=args.cluster, tls=tls_from_args(args)
     )
-    port = PROTOCOLS[args.protocol] if args.port is None else args.port
-    audiosocket = None
-    if args.protocol == "audiosocket":
-        from producer.audiosocket import AudioSocketGateway
+    gateway, scheme = _gateway(args, producer)
+    server = await gateway.serve(args.host, PROTOCOLS[args.protocol] if args.port is None else args.port)
+    redis_ok = asyncio.Event()
+    redis_ok.set()  # it answered the connect above
+    # /healthz: listening, and Redis answered a PING within the last checks
+    metrics = MetricsServer(
+        gateway_registry(args.protocol, gateway.stats),
+        lambda: redis_ok.is_set() and server.is_serving(),
+        args.metrics_host,
+        args.metrics_port,
+    ).start()
+    bound = server.sockets[0].getsockname()[1]
+    where = f"{scheme}://{args.host}:{bound}"
+    print(f"streamscribe gateway ({args.protocol}), metrics on :{metrics.port}, listening on {where}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    pinger = asyncio.create_task(_watch_redis(producer, redis_ok))
+    try:
+        await stop.wait()
+    finally:
+        pinger.cancel()
+        # open calls end now; their sessions get their end marker
+        if isinstance(gateway, AudioSocketGateway):
+            await gateway.aclose()
+        else:
+            server.close()
+            await server.wait_closed()
+        metrics.stop()
+        await producer.aclose()
 
-        audiosocket = AudioSocketGateway(
-            producer,
-            language=args.language,
-            session_prefix=args.session_prefix,
-            chunk_ms=args.chunk_ms,
-            max_connections=args.max_connections,
+
+async def _watch_redis(producer: Any, healthy: asyncio.Event, every_sec: float = 5.0) -> None:
+    """Keep ``healthy`` set while Redis answers a PING."""
+    while True:
+        await asyncio.sleep(every_sec)
+        try:
+            await asyncio.wait_for(producer.client.ping(), every_sec)
+            healthy.set()
+        except Exception:  # any failure to answer is "unhealthy"; the next PING may recover
+            healthy.clear()
+
+
+def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
+    """The protocol's gateway, and the URL scheme it listens on."""
+    if args.protocol == "audiosocket":
+        return (
+            AudioSocketGateway(
+                producer,
+                language=args.language,
+                session_prefix=args.session_prefix,
+                chunk_ms=args.chunk_ms,
+                max_connections=args.max_connections,
+            ),
+            "tcp",
         )
-        server = await audiosocket.serve(args.host, port)
-        scheme = "tcp"
-    elif args.protocol == "audiohook":
+    if args.protocol == "audiohook":
         from producer.audiohook import AudioHookGateway
 
-        server = await AudioHookGateway(
+        gateway: Any = AudioHookGateway(
             producer,
             api_keys=tuple(args.api_key),
             language=args.language,
             session_prefix=args.session_prefix,
             chunk_ms=args.chunk_ms,
-        ).serve(args.host, port)
-        scheme = "ws"
+        )
     elif args.protocol == "audio-fork":
         from producer.audiofork import AudioForkGateway
 
-        server = await AudioForkGateway(
+        gateway = AudioForkGateway(
             producer,
             sample_rate=args.sample_rate,
             mix_type=args.mix_type,
             language=args.language,
             session_prefix=args.session_prefix,
             chunk_ms=args.chunk_ms,
-        ).serve(args.host, port)
-        scheme = "ws"
+        )
     else:
         from producer.gateway import FRAME_MS, TwilioGateway
 
-        server = await TwilioGateway(
+        gateway = TwilioGateway(
             producer,
             language=args.language,
             session_id_from=args.session_id_from,
@@ -153,22 +209,6 @@ async def _serve(args: argparse.Namespace) -> None:
             max_lag_ms=args.max_lag_ms,
             auth_token=args.twilio_auth_token,
             public_url=args.public_url,
-        ).serve(args.host, port)
-        scheme = "ws"
-    bound = server.sockets[0].getsockname()[1]
-    print(f"streamscribe gateway ({args.protocol}) listening on {scheme}://{args.host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        # open calls end now; their sessions get their end marker
-        if audiosocket is not None:
-            await audiosocket.aclose()
-        else:
-            server.close()
-            await server.wait_closed()
-        await producer.aclose()
+            max_connections=args.max_connections,
+        )
+    return gateway, "ws"
