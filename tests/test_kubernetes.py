@@ -271,7 +271,9 @@ def test_the_gateway_service_reaches_the_gateway_pods_on_its_websocket_port() ->
     (container,) = spec["containers"]
     assert "gateway" in container["args"] and "nvidia.com/gpu" not in container["resources"].get("limits", {})
     port = container["args"][container["args"].index("--port") + 1]
-    assert {p["containerPort"] for p in container["ports"]} == {int(port)}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"websocket": int(port), "metrics": 9401}, "9401: the gateway's default --metrics-port"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert selects(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
 
 
