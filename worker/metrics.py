@@ -53,6 +53,7 @@ class WorkerObserver:
         self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0
     ) -> None: ...
     def waiting(self, sessions: int) -> None: ...
+    def reannounced(self, sessions: int) -> None: ...
 
 
 class PrometheusObserver(WorkerObserver):
@@ -78,6 +79,11 @@ class PrometheusObserver(WorkerObserver):
         )
         self.commits_total = Counter(
             "streamscribe_commits_total", "Atomic commit steps by result (ok, fenced, error)", ["result"], registry=r
+        )
+        self.reannounced_total = Counter(
+            "streamscribe_sessions_reannounced",
+            "Orphaned sessions (no announcement left after Redis lost it) announced again by this worker",
+            registry=r,
         )
         self.takeovers_total = Counter(
             "streamscribe_takeovers_total", "Sessions this worker took over from another owner", registry=r
@@ -178,6 +184,9 @@ class PrometheusObserver(WorkerObserver):
 
     def waiting(self, sessions: int) -> None:
         self.sessions_waiting.set(sessions)
+
+    def reannounced(self, sessions: int) -> None:
+        self.reannounced_total.inc(sessions)
 
 
 def worker_info(registry: CollectorRegistry, **labels: str) -> Info:

@@ -51,6 +51,9 @@ class WorkerSettings(BaseSettings):
     )
     lease_ttl_sec: float = Field(10.0, gt=0.2, description="A silent owner loses its sessions after this")
     janitor_interval_sec: float = Field(1.0, gt=0, description="How often to look for expired leases")
+    reconcile_interval_sec: float = Field(
+        60.0, gt=0, description="How often the fleet looks for orphans (open sessions no announcement names)"
+    )
     poll_interval_sec: float = Field(0.05, gt=0, description="Idle wait between reads")
     stall_timeout_sec: float = Field(60.0, gt=0, description="End a session with no input for this long")
     loop_stall_limit_sec: float = Field(120.0, gt=0, description="Stop renewing leases if the loop hangs this long")

@@ -152,21 +152,20 @@ def _end(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
 
 
 def _reannounce(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    from worker.protocol.scripts import Scripts
+    from worker.runtime.reconcile import Orphan, named_in_announcements, reannounce
+
     sid = check_session_id(args.session)
     state = _state(client, keys, sid)
     if state.get("status") == "ended":
         raise ConfigError(f"session {sid!r} has ended; nothing to re-announce")
-    shard = keys.shard_of(sid)
-    entry = state.get("lease_entry")
-    if entry:
-        held = client.xpending_range(keys.announcements(shard), args.group, entry, entry, 1)
-        waiting = client.xrange(keys.announcements(shard), entry, entry)
-        if held or waiting:
-            raise ConfigError(f"session {sid!r} has a live lease ({entry}); it is not an orphan")
-    # the lease entry is gone (Redis lost it): clear it, so the new announcement is not a duplicate
-    client.hdel(keys.session_state(sid), "lease_entry")
-    new_entry = text(client.xadd(keys.announcements(shard), {"session": sid}))
-    print(f"session {sid} announced again ({new_entry}); a worker restores it from its last checkpoint")
+    if sid in named_in_announcements(client, keys, [keys.shard_of(sid)]):
+        raise ConfigError(f"session {sid!r} has an announcement entry (a live lease, or waiting); it is not an orphan")
+    orphan = Orphan(sid, state.get("lease_entry", ""), state.get("reannounced_ms", ""))
+    entry = reannounce(client, keys, Scripts(), orphan)
+    if entry is None:
+        raise ConfigError(f"session {sid!r} changed meanwhile (or was never announced); look again")
+    print(f"session {sid} announced again ({entry}); a worker restores it from its last checkpoint")
     return 0
 
 

@@ -103,5 +103,9 @@ class Keyspace:
         """
         return f"{self._global('fwd', self.shard_of(sid))}:{sid}"
 
+    def reconcile_lock(self) -> str:
+        """String, the id of the worker running the orphan-reconciliation pass; expires with the pass interval."""
+        return f"{self.prefix}:reconcile:lock"
+
     def all_shards(self) -> range:
         return range(self.shards)

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-SCRIPT_NAMES = ("open_session", "acquire", "commit", "forward", "heartbeat", "release")
+SCRIPT_NAMES = ("open_session", "acquire", "commit", "forward", "heartbeat", "release", "reannounce")
 
 
 @dataclass(frozen=True)

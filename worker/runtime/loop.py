@@ -22,13 +22,15 @@ from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
+from worker.runtime.batching import transcribe
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.faults import fail_session, isolated
 from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher
+from worker.runtime.reconcile import Reconciler
 from worker.runtime.retry import CommitRetry
-from worker.runtime.session import LiveSession, PlannedCall
+from worker.runtime.session import LiveSession
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class Worker:
             settings.capacity_headroom, settings.max_backlog_sec, window_sec=settings.capacity_window_sec
         )
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
+        self.reconciler = Reconciler(
+            self.client, self.keys, self.scripts, settings.worker_id, settings.reconcile_interval_sec
+        )
         self.sessions: dict[str, LiveSession] = {}
         self.health = LoopHeartbeat(settings.loop_stall_limit_sec)
         self.commit_retry = CommitRetry(settings.commit_backoff_max_sec, settings.commit_failure_limit_sec)
@@ -168,7 +173,7 @@ class Worker:
         # a session whose commit failed waits for its retry with what it has, unprocessed
         planned = [s for s in self.sessions.values() if not self.commit_retry.waiting(s.session_id)]
         calls = [c for s in planned for c in isolated(s, "planning", s.plan_iteration, stall, default=[])]
-        self._transcribe(calls)
+        transcribe(calls, self.settings.max_batch, self.observer, self.capacity)
         for s in self.sessions.values():
             if s.dirty:
                 isolated(s, "finishing its iteration", s.finish_iteration, default=None)
@@ -176,7 +181,10 @@ class Worker:
         committed = self._commit(due)
         self._finish_ended()
         self._report_load()
-        return bool(took or calls or committed)
+        reannounced = 0 if self._stopping.is_set() else self.reconciler.maybe_run()
+        if reannounced:
+            self.observer.reannounced(reannounced)
+        return bool(took or calls or committed or reannounced)
 
     def _drop_lost(self) -> None:
         with self._lost_lock:
@@ -296,40 +304,6 @@ class Worker:
                 self.observer.chunks_received(chunks, audio_sec)
             s.note_input_length(int(length))
 
-    def _transcribe(self, calls: list[PlannedCall]) -> None:
-        """One backend call per group of sessions that share a model and options (``max_batch`` at most)."""
-        groups: dict[tuple[Any, ...], list[PlannedCall]] = defaultdict(list)
-        for call in calls:
-            groups[_batch_key(call)].append(call)
-        size = self.settings.max_batch
-        batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
-        for group in batches:
-            asr = group[0].processor.asr
-            audio_sec = sum(c.request.audio.shape[0] for c in group) / 16000
-            started = time.perf_counter()
-            try:
-                results = asr.transcribe_requests([c.request for c in group])
-            except Exception:
-                log.exception("transcribe_batch failed for %d session(s); trying each alone", len(group))
-                results = [self._transcribe_alone(c) for c in group]
-            elapsed = time.perf_counter() - started
-            new_audio = sum(c.session.stats.audio_sec for c in {id(c.session): c for c in group}.values())
-            self.observer.batch_done(len(group), elapsed, new_audio or audio_sec)
-            self.capacity.busy(elapsed)
-            for call, result in zip(group, results, strict=True):
-                s = call.session
-                if result is not _FAILED and not s.untrusted:
-                    isolated(s, "completing a transcribe call", s.complete_call, call, result, default=None)
-
-    def _transcribe_alone(self, call: PlannedCall) -> Any:
-        """One request on its own, so that one bad input cannot end every session of a batch."""
-        try:
-            return call.processor.asr.transcribe_requests([call.request])[0]
-        except Exception as e:
-            log.exception("session %s: transcribe failed", call.session.session_id)
-            call.session.fail("backend_error", f"the ASR backend failed: {e}")
-            return _FAILED
-
     def _commit(self, sessions: list[LiveSession]) -> int:
         if not sessions:
             return 0
@@ -421,15 +395,7 @@ class Worker:
             self._lost.update(lost)
 
 
-_FAILED = object()
-
-
 #: ``session_ended`` reasons counted by name; a producer's free-text end reason counts as "other".
 def _reason_label(reason: str | None) -> str:
     reason = reason or "completed"
     return reason if reason in END_REASONS else "other"
-
-
-def _batch_key(call: PlannedCall) -> tuple[Any, ...]:
-    """Calls batch together only when their backends say one call answers each the same."""
-    return (type(call.processor.asr), call.processor.asr.batch_key())
