@@ -20,9 +20,10 @@ import pytest
 from producer.aio import AsyncProducer
 from producer.audiosocket import AudioSocketGateway, encode_frame
 from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings
+from tests.worker_helpers import wait_for
 from worker.backends.synthetic import encode_words, random_words
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionEnded, SessionOpen
+from worker.protocol.messages import EndOfSession, SegmentEvent, SessionEnded, SessionOpen, decode_input
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)
@@ -156,6 +157,11 @@ def test_audio_before_the_uuid_closes_the_connection_without_a_session(redis_url
     assert gateway.stats.malformed == 1 and gateway.sessions == []
 
 
+def ended_input(url: str, sid: str) -> bool:
+    last = raw_client(url).xrevrange(Keyspace().session_input(sid), count=1)
+    return bool(last) and isinstance(decode_input(last[0][1][b"m"]), EndOfSession)
+
+
 def scrape(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
         return reply.read().decode()
@@ -198,6 +204,8 @@ def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_
         assert 'streamscribe_gateway_refused_total{protocol="audiosocket",reason="capacity"} 0.0' in metrics
         assert scrape(metrics_port, "/healthz").startswith("ok")
         asyncio.run(send(port, [*call_frames(CALL, encode_words(WORDS, 8000)), encode_frame(0)]))
+        # the gateway has written the whole call once its end marker is in the session's input
+        wait_for(lambda: ended_input(valkey_url, str(CALL)), 20, "the call's end marker")
         assert gateway.poll() is None
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(20) == 0

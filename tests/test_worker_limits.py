@@ -96,6 +96,7 @@ def test_read_ahead_holds_at_most_read_ahead_bytes_of_decoded_audio_even_with_th
     worker._read_input()
     session = worker.sessions["huge-chunks"]
     assert 0 < session.queued_bytes() <= 4 * 2**20 and len(session.queue) == 4
-    worker.run(burst=True)
+    worker.shutdown()  # hands the session over; a fresh worker finishes it
+    Worker(synthetic_settings(redis_url, read_ahead_bytes=4 * 2**20, max_chunk_bytes=cap)).run(burst=True)
     events = session_events(client_for(redis_url), "huge-chunks")
     assert events[-1].reason == "completed" and words_of(events) == oracle(random_words(40, seed=5), 8000)
