@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str | None] = {
     "demo": "worker",
     "gateway": "gateway",
     "admin": None,
+    "models": None,
 }
 #: Help of the subcommands that live in every install, shown also when their module is missing.
 _HELP = {"simulate": "one file through a processor", "worker": "run a transcription worker", "demo": "a live demo"}

@@ -103,6 +103,14 @@ class Keyspace:
         """
         return f"{self._global('fwd', self.shard_of(sid))}:{sid}"
 
+    def control(self) -> str:
+        """Stream of fleet-wide commands to live workers (``{"load": model}``), capped."""
+        return f"{self.prefix}:control"
+
+    def workers(self) -> str:
+        """Hash: worker id -> JSON of what it runs and has loaded, rewritten every few seconds."""
+        return f"{self.prefix}:workers"
+
     def reconcile_lock(self) -> str:
         """String, the id of the worker running the orphan-reconciliation pass; expires with the pass interval."""
         return f"{self.prefix}:reconcile:lock"

@@ -26,6 +26,7 @@ from worker.runtime.batching import transcribe
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.faults import fail_session, isolated
+from worker.runtime.models import ModelControl
 from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher
 from worker.runtime.reconcile import Reconciler
@@ -59,6 +60,7 @@ class Worker:
             settings.capacity_headroom, settings.max_backlog_sec, window_sec=settings.capacity_window_sec
         )
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
+        self.models = ModelControl(self.client, self.keys, settings)
         self.reconciler = Reconciler(
             self.client, self.keys, self.scripts, settings.worker_id, settings.reconcile_interval_sec
         )
@@ -83,6 +85,7 @@ class Worker:
     def start(self) -> None:
         self.scripts.load(self.client)
         self.leases.ensure_groups()
+        self.models.start()
         keeper_leases = LeaseManager(
             connect(self.settings.redis_url, self.settings.cluster, self.settings.tls()),
             self.keys,
@@ -135,6 +138,8 @@ class Worker:
             except Exception as e:
                 log.warning("could not hand %s over (it expires after the TTL instead): %s", s.session_id, e)
         self.sessions.clear()
+        with contextlib.suppress(Exception):
+            self.models.forget()
         try:
             self.leases.leave_group()
         except Exception as e:
@@ -181,6 +186,7 @@ class Worker:
         committed = self._commit(due)
         self._finish_ended()
         self._report_load()
+        self.models.poll()
         reannounced = 0 if self._stopping.is_set() else self.reconciler.maybe_run()
         if reannounced:
             self.observer.reannounced(reannounced)
@@ -264,6 +270,8 @@ class Worker:
             self.observer.takeover()
             self.committer.forward([(sid, self.committer.pending_records(sid))])
         self.sessions[sid] = session
+        if session.config is not None and session.processors:
+            self.models.note_loaded(session.config.model)
         self.committer.unproven[sid] = session.in_pos
 
     def _read_input(self) -> None:

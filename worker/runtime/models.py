@@ -1,0 +1,117 @@
+"""Models loaded ahead of sessions, fleet-wide: ``streamscribe models load NAME`` and ``models list``.
+
+The guide's ``POST /load_model`` loads a backend's model on a server; here a command on the
+control stream asks every live worker to load an allow-listed model before its first session
+needs it. Each worker loads it in a thread of its own, so the loop and the sessions it owns do not
+stall, into the shared model cache that sessions then use. Every few seconds each worker writes
+what it has loaded (and what it is loading, or failed to load) to the workers hash, which
+``models list`` reads; a worker that stopped writing drops out of the list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from worker import __version__
+from worker.backends.registry import load_processor
+from worker.protocol.connection import text
+from worker.protocol.keys import Keyspace
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+#: How often a worker reads the control stream, and how often it writes its entry.
+POLL_INTERVAL_SEC = 1.0
+PUBLISH_INTERVAL_SEC = 5.0
+#: Entries of the control stream kept (commands are for live workers, not history).
+CONTROL_MAXLEN = 1000
+
+
+class ModelControl:
+    """One worker's side: commands read from the control stream, models loaded, its workers-hash entry."""
+
+    def __init__(self, client: Any, keys: Keyspace, settings: WorkerSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.loaded: set[str] = set()
+        self.loading: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._cursor = "0-0"
+        self._next_poll = 0.0
+        self._next_publish = 0.0
+
+    def start(self) -> None:
+        """Commands sent from now on apply; earlier ones were for the workers live then."""
+        last = self.client.xrevrange(self.keys.control(), count=1)
+        self._cursor = text(last[0][0]) if last else "0-0"
+
+    def note_loaded(self, model: str) -> None:
+        with self._lock:
+            self.loaded.add(model)
+
+    def poll(self) -> None:
+        """Act on new commands, and rewrite this worker's entry when it is due."""
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_INTERVAL_SEC
+            for entry_id, fields in self.client.xrange(self.keys.control(), f"({self._cursor}", "+", count=20):
+                self._cursor = text(entry_id)
+                model = text(fields.get(b"load", b""))
+                if model:
+                    self.request(model)
+        if now >= self._next_publish:
+            self._next_publish = now + PUBLISH_INTERVAL_SEC
+            self.publish()
+
+    def request(self, model: str) -> None:
+        """Load ``model`` in the background, if it is allowed and not loaded or loading."""
+        with self._lock:
+            if model in self.loaded or model in self.loading:
+                return
+            if model not in self.settings.allowed_models:
+                self.failed[model] = f"not in allowed_models ({', '.join(self.settings.allowed_models)})"
+                log.warning("asked to load model %r, which this worker does not allow", model)
+                return
+            self.loading.add(model)
+            self.failed.pop(model, None)
+        threading.Thread(target=self._load, args=(model,), name=f"load-{model}", daemon=True).start()
+
+    def _load(self, model: str) -> None:
+        started = time.monotonic()
+        try:
+            load_processor(self.settings.asr.replace(model=model))
+        except Exception as e:  # a model that cannot load is reported, never fatal to the worker
+            log.warning("loading model %s failed: %s", model, e)
+            with self._lock:
+                self.loading.discard(model)
+                self.failed[model] = str(e)[:200]
+            return
+        with self._lock:
+            self.loading.discard(model)
+            self.loaded.add(model)
+        log.info("loaded model %s in %.1f s (asked by the control stream)", model, time.monotonic() - started)
+        self._next_publish = 0.0  # say so at the next poll
+
+    def publish(self) -> None:
+        asr = self.settings.asr
+        with self._lock:
+            entry = {
+                "models": sorted(self.loaded),
+                "loading": sorted(self.loading),
+                "failed": dict(self.failed),
+                "backend": asr.backend,
+                "device": asr.device,
+                "version": __version__,
+                "updated_ms": int(time.time() * 1000),
+            }
+        self.client.hset(self.keys.workers(), self.settings.worker_id, json.dumps(entry))
+
+    def forget(self) -> None:
+        """This worker stops: its entry goes."""
+        self.client.hdel(self.keys.workers(), self.settings.worker_id)
