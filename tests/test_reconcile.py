@@ -85,3 +85,14 @@ def test_of_two_workers_that_find_the_same_orphan_only_one_announces_it(redis_ur
     assert orphans(client, KEYS) == []
     stream = KEYS.announcements(KEYS.shard_of("contested"))
     assert [f[b"session"] for _id, f in client.xrange(stream)] == [b"contested"]
+
+
+def test_hostile_announcements_and_keys_do_not_break_the_pass(redis_url):
+    client = client_for(redis_url)
+    write_session(redis_url, "lost", encode_words(WORDS[:3], 16000))
+    lose_announcement(client, "lost")
+    stream = KEYS.announcements(0)
+    client.xadd(stream, {"session": b"\xff\xfe"})
+    client.xadd(stream, {"other": b"x"})
+    client.hset(b"streamscribe:{\xff}:state", mapping={"status": "open", "announced": "1"})
+    assert [o.session for o in orphans(client, KEYS)] == ["lost"]

@@ -70,8 +70,14 @@ def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
     now_ms = time.time() * 1000
     pattern = f"{keys.prefix}:{{*}}:state"
     rows = []
-    for key in sorted(text(k) for k in client.scan_iter(match=pattern, count=1000)):
-        sid = key[len(keys.prefix) + 2 : -len("}:state")]
+    from worker.runtime.reconcile import session_name
+
+    for key in sorted(
+        k if isinstance(k, bytes) else str(k).encode() for k in client.scan_iter(match=pattern, count=1000)
+    ):
+        sid = session_name(key[len(keys.prefix) + 2 : -len("}:state")])
+        if sid is None:
+            continue  # a key whose name is no session id: not written by a producer of ours
         values = dict(
             zip(
                 STATE_FIELDS,

@@ -29,6 +29,8 @@ POLL_INTERVAL_SEC = 1.0
 PUBLISH_INTERVAL_SEC = 5.0
 #: Entries of the control stream kept (commands are for live workers, not history).
 CONTROL_MAXLEN = 1000
+#: Longest model name a command may carry.
+MAX_MODEL_CHARS = 256
 
 
 class ModelControl:
@@ -62,8 +64,10 @@ class ModelControl:
             self._next_poll = now + POLL_INTERVAL_SEC
             for entry_id, fields in self.client.xrange(self.keys.control(), f"({self._cursor}", "+", count=20):
                 self._cursor = text(entry_id)
-                model = text(fields.get(b"load", b""))
-                if model:
+                raw = fields.get(b"load", b"")
+                # a model name is text; anything else on the stream is not a command of ours
+                model = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+                if model and len(model) <= MAX_MODEL_CHARS and "\ufffd" not in model:
                     self.request(model)
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_INTERVAL_SEC

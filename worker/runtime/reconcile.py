@@ -20,8 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from worker.errors import ConfigError
 from worker.protocol.connection import text
-from worker.protocol.keys import Keyspace
+from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -30,12 +33,23 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
+def session_name(raw: Any) -> str | None:
+    """A session id read from Redis, or None for bytes that are no valid id (a hostile entry or key)."""
+    try:
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return check_session_id(name)
+    except (UnicodeDecodeError, ConfigError):
+        return None
+
+
 def named_in_announcements(client: Any, keys: Keyspace, shards: range | list[int]) -> set[str]:
     """Sessions that an entry of these shards' announcement streams names (delivered or not)."""
     named: set[str] = set()
     for shard in shards:
         for _id, fields in client.xrange(keys.announcements(shard)):
-            named.add(text(fields.get(b"session", b"")))
+            name = session_name(fields.get(b"session", b""))
+            if name is not None:
+                named.add(name)
     return named
 
 
@@ -51,15 +65,20 @@ class Orphan:
 def orphans(client: Any, keys: Keyspace) -> list[Orphan]:
     """Every open, announced session that no announcement entry names."""
     announced = named_in_announcements(client, keys, keys.all_shards())
-    state_keys = [text(k) for k in client.scan_iter(match=f"{keys.prefix}:{{*}}:state", count=1000)]
+    prefix, suffix = f"{keys.prefix}:{{".encode(), b"}:state"
+    state_keys: list[tuple[str, bytes]] = []
+    for raw in client.scan_iter(match=f"{keys.prefix}:{{*}}:state", count=1000):
+        key = raw if isinstance(raw, bytes) else str(raw).encode()
+        sid = session_name(key[len(prefix) : -len(suffix)])
+        if sid is not None:
+            state_keys.append((sid, key))
     found: list[Orphan] = []
     for start in range(0, len(state_keys), BATCH):
         batch = state_keys[start : start + BATCH]
         pipe = client.pipeline(transaction=False)
-        for key in batch:
+        for _sid, key in batch:
             pipe.hmget(key, "status", "announced", "lease_entry", "reannounced_ms")
-        for key, (status, flag, lease, mark) in zip(batch, pipe.execute(), strict=True):
-            sid = key[len(keys.prefix) + 2 : -len("}:state")]
+        for (sid, _key), (status, flag, lease, mark) in zip(batch, pipe.execute(), strict=True):
             if text(status or b"") == "open" and text(flag or b"") == "1" and sid not in announced:
                 found.append(Orphan(sid, text(lease or b""), text(mark or b"")))
     return found
@@ -103,5 +122,11 @@ class Reconciler:
             self.keys.reconcile_lock(), self.worker_id, nx=True, px=max(1, int(self.interval_sec * 1000))
         ):
             return 0
-        found = orphans(self.client, self.keys)
-        return sum(1 for orphan in found if reannounce(self.client, self.keys, self.scripts, orphan))
+        try:
+            found = orphans(self.client, self.keys)
+            return sum(1 for orphan in found if reannounce(self.client, self.keys, self.scripts, orphan))
+        except RedisError:
+            raise  # Redis itself is failing: the whole loop backs off
+        except Exception:  # an optional pass must never stop the loop; the next one tries again
+            log.exception("the reconciliation pass failed; the next one tries again")
+            return 0
