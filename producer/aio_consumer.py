@@ -15,7 +15,6 @@ differs. On Redis Cluster the shard streams are read one by one, as the sync con
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from producer.consumer import (
     Entry,
     GroupCursor,
     Streams,
+    block_until,
     deadline_after,
     decode_entry,
     delivery_of,
@@ -134,7 +134,7 @@ class AsyncTranscriptConsumer:
     async def _entries(self, streams: Streams, idle_timeout: float | None) -> AsyncIterator[Entry]:
         deadline = deadline_after(idle_timeout)
         while True:
-            replies = await self._read(self._xread, streams, self._block(deadline))
+            replies = await self._read(self._xread, streams, block_until(deadline, self.block_ms))
             if not replies:
                 if expired(deadline):
                     return
@@ -173,7 +173,9 @@ class AsyncTranscriptConsumer:
 
         while True:
             draining = cursor.draining
-            replies = await self._read(xreadgroup, cursor.streams, None if draining else self._block(deadline))
+            replies = await self._read(
+                xreadgroup, cursor.streams, None if draining else block_until(deadline, self.block_ms)
+            )
             cursor.advance(replies, draining)
             if not replies:
                 if not draining and expired(deadline):
@@ -194,11 +196,6 @@ class AsyncTranscriptConsumer:
         await self.client.xack(self.keys.events(shard), group, entry_id)
 
     # -- reading ---------------------------------------------------------------------------
-
-    def _block(self, deadline: float | None) -> int:
-        if deadline is None:
-            return self.block_ms
-        return max(1, min(self.block_ms, int((deadline - time.monotonic()) * 1000)))
 
     async def _xread(self, streams: Streams, block: int | None) -> Any:
         return await self.client.xread(streams, count=self.count, block=block)

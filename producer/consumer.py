@@ -141,7 +141,7 @@ class TranscriptConsumer:
         """Follow ``streams`` (key -> last id seen, advanced here) until ``idle_timeout`` passes quietly."""
         deadline = deadline_after(idle_timeout)
         while True:
-            replies = self._xread(streams, self._block(deadline))
+            replies = self._xread(streams, block_until(deadline, self.block_ms))
             if not replies:
                 if expired(deadline):
                     return
@@ -184,7 +184,9 @@ class TranscriptConsumer:
         deadline = deadline_after(idle_timeout)
         while True:
             draining = cursor.draining
-            replies = self._xreadgroup(group, consumer, cursor.streams, None if draining else self._block(deadline))
+            replies = self._xreadgroup(
+                group, consumer, cursor.streams, None if draining else block_until(deadline, self.block_ms)
+            )
             cursor.advance(replies, draining)
             if not replies:
                 if not draining and expired(deadline):
@@ -206,11 +208,6 @@ class TranscriptConsumer:
         self.client.xack(self.keys.events(shard), group, entry_id)
 
     # -- reading ---------------------------------------------------------------------------
-
-    def _block(self, deadline: float | None) -> int:
-        if deadline is None:
-            return self.block_ms
-        return max(1, min(self.block_ms, int((deadline - time.monotonic()) * 1000)))
 
     def _xread(self, streams: Streams, block: int) -> list[tuple[str, str, dict[bytes, bytes]]]:
         return self._read(lambda s, b: self.client.xread(s, count=self.count, block=b), streams, block)
@@ -326,6 +323,13 @@ def _id_order(entry_id: str) -> tuple[int, int]:
 
 def deadline_after(idle_timeout: float | None) -> float | None:
     return None if idle_timeout is None else time.monotonic() + idle_timeout
+
+
+def block_until(deadline: float | None, block_ms: int) -> int:
+    """How long one blocking read may wait: ``block_ms``, less if ``deadline`` comes sooner."""
+    if deadline is None:
+        return block_ms
+    return max(1, min(block_ms, int((deadline - time.monotonic()) * 1000)))
 
 
 def expired(deadline: float | None) -> bool:
