@@ -110,6 +110,7 @@ class AsyncProducer:
         metadata: dict[str, str] | None = None,
         partials: bool = True,
         exclusive: bool = False,
+        tenant: str | None = None,
     ) -> AsyncSessionWriter:
         """Create the session and announce it; an existing session continues its numbering.
 
@@ -126,6 +127,7 @@ class AsyncProducer:
             min_chunk_size=min_chunk_size,
             metadata=metadata,
             partials=partials,
+            tenant=tenant,
         )
         sid = opened.session_id
         state = self.keys.session_state(sid)

@@ -78,6 +78,7 @@ class Producer:
         metadata: dict[str, str] | None = None,
         partials: bool = True,
         exclusive: bool = False,
+        tenant: str | None = None,
     ) -> SessionWriter:
         """Create the session and announce it to the workers; returns its writer.
 
@@ -97,6 +98,7 @@ class Producer:
             min_chunk_size=min_chunk_size,
             metadata=metadata,
             partials=partials,
+            tenant=tenant,
         )
         sid = opened.session_id
         state = self.keys.session_state(sid)

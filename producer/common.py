@@ -89,12 +89,15 @@ def build_open(
     min_chunk_size: float | None,
     metadata: dict[str, str] | None,
     partials: bool = True,
+    tenant: str | None = None,
 ) -> SessionOpen:
     """The validated :class:`SessionOpen` of a new session (a random id when none is given)."""
     sid = check_session_id(session_id or uuid.uuid4().hex)
     options = (("language", language), ("model", model), ("backend", backend), ("min_chunk_size", min_chunk_size))
     asr: dict[str, Any] = {k: v for k, v in options if v is not None}
-    opened = SessionOpen(sid, sample_rate, encoding, channels, asr, dict(metadata or {}), time.time(), partials)
+    opened = SessionOpen(
+        sid, sample_rate, encoding, channels, asr, dict(metadata or {}), time.time(), partials, tenant or ""
+    )
     opened.validate()
     return opened
 

@@ -74,3 +74,38 @@ def test_every_live_worker_loads_an_allowed_model_in_the_background_and_refuses_
         refused = models(redis_url, "load", "large-v3", "--wait", "30")
         assert refused.returncode == 1 and "not in allowed_models" in refused.stdout, refused.stdout
         assert "large-v3" not in listed(redis_url)["w-models"]["models"]
+
+
+def test_a_session_that_needs_a_model_not_loaded_yet_waits_for_it_while_the_others_go_on(redis_url, tmp_path):
+    """Before, the first session of a model loaded it inside the loop: every session stalled."""
+    from producer.client import Producer
+    from tests.worker_helpers import RealtimeProducer
+
+    with WorkerFleet(tmp_path) as fleet:
+        fleet.spawn(redis_url, "w-first-load", prelude=SLOW_B, env={"STREAMSCRIBE_ALLOWED_MODELS": "tones,tones-b"})
+        client = client_for(redis_url)
+        live_words = random_words(60, seed=11)
+        live = RealtimeProducer(redis_url, "live", encode_words(live_words, 16000), interval_sec=0.05)
+        live.start()
+        wait_for(lambda: any(e.TYPE == "segment" for e in session_events(client, "live")), 15, "the live session")
+
+        opened_at = time.time()
+        writer = Producer(redis_url).open("needs-b", sample_rate=16000, model="tones-b")
+        audio = encode_words(random_words(6, seed=12), 16000)
+        for k in range(0, audio.shape[0], 1600):
+            writer.send(audio[k : k + 1600])
+        writer.close()
+        wait_for(lambda: ended(client, "needs-b"), 20, "the session of the slow model")
+        started = next(e for e in session_events(client, "needs-b") if e.TYPE == "session_started")
+        assert started.emitted_at - opened_at >= 2.5, "taken before its model could have loaded"
+        assert words_of(session_events(client, "needs-b")) == oracle(random_words(6, seed=12))
+
+        during_load = [
+            e
+            for e in session_events(client, "live")
+            if e.TYPE == "segment" and opened_at + 0.5 < e.emitted_at < started.emitted_at - 0.5
+        ]
+        assert len(during_load) >= 3, "the live session stalled while the other model loaded"
+        live.finish()
+        wait_for(lambda: ended(client, "live"), 20, "the live session's end")
+        assert words_of(session_events(client, "live")) == oracle(live_words)

@@ -18,7 +18,7 @@ from tests.worker_helpers import (
 )
 from worker.backends.synthetic import SyntheticASR, encode_words, random_words
 from worker.errors import SessionEndedError
-from worker.metrics import PrometheusObserver
+from worker.metrics import PrometheusObserver, WorkerObserver
 from worker.runtime.loop import Worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -214,3 +214,47 @@ def test_labelled_counters_are_exported_at_zero_before_their_first_event():
         assert f'streamscribe_sessions_ended_total{{reason="{reason}"}} 0.0' in exposition
     for result in ("ok", "fenced", "error"):
         assert f'streamscribe_commits_total{{result="{result}"}} 0.0' in exposition
+
+
+def test_a_transient_backend_failure_hands_the_session_over_and_its_transcript_stays_exact(redis_url, monkeypatch):
+    original = SyntheticASR.transcribe_batch
+    failures: list[int] = []
+
+    def out_of_memory_twice(self, items):
+        if len(failures) < 2:  # the batch, then the request alone: the session is handed over
+            failures.append(len(items))
+            raise RuntimeError("CUDA failed with error out of memory")
+        return original(self, items)
+
+    monkeypatch.setattr(SyntheticASR, "transcribe_batch", out_of_memory_twice)
+    words = random_words(12, seed=21)
+    write_session(redis_url, "call-transient", encode_words(words))
+    observer = CountingObserver()
+    Worker(synthetic_settings(redis_url), observer=observer).run(burst=True, max_seconds=30)
+    events = session_events(client_for(redis_url), "call-transient")
+    assert len(failures) == 2 and observer.transient == 1
+    assert [e.TYPE for e in events if e.TYPE != "segment"] == ["session_started", "session_ended"]
+    assert words_of(events) == oracle(words) and events[-1].reason == "completed"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_session_whose_backend_keeps_running_out_of_memory_is_quarantined_not_retried_forever(redis_url, monkeypatch):
+    def always_out_of_memory(self, items):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(SyntheticASR, "transcribe_batch", always_out_of_memory)
+    write_session(redis_url, "call-oom-always", encode_words(random_words(6, seed=22)))
+    observer = CountingObserver()
+    Worker(synthetic_settings(redis_url, max_session_attempts=3), observer=observer).run(burst=True, max_seconds=30)
+    events = session_events(client_for(redis_url), "call-oom-always")
+    assert observer.transient == 3
+    assert events[-1].TYPE == "session_ended" and events[-1].reason == "error"
+    assert any(e.TYPE == "error" and e.code == "quarantined" for e in events)
+
+
+class CountingObserver(WorkerObserver):
+    def __init__(self) -> None:
+        self.transient = 0
+
+    def transient_failure(self) -> None:
+        self.transient += 1

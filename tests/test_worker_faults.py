@@ -345,3 +345,26 @@ def test_a_worker_started_before_its_redis_waits_for_it_and_then_serves(fleet, k
         spawned[0].send(signal.SIGTERM)
         assert spawned[0].proc.wait(timeout=20) == 0
     assert "s3cret" not in log_path.read_text()
+
+
+def test_healthz_fails_when_the_lease_keeper_cannot_renew_while_the_loop_still_turns(redis_url, monkeypatch):
+    ttl = 1.0
+    worker = Worker(synthetic_settings(redis_url, lease_ttl_sec=ttl))
+    loop = threading.Thread(target=worker.run, name="loop")
+    loop.start()
+    try:
+        wait_for(lambda: worker.healthy(), 10, "a healthy worker")
+        keeper = worker._keeper
+        assert keeper is not None
+
+        def refused(held):
+            raise ConnectionError("the keeper's connection is gone")
+
+        monkeypatch.setattr(keeper.leases, "renew", refused)
+        wait_for(lambda: not worker.healthy(), 5 * ttl, "/healthz to fail without renewals")
+        assert worker.health.alive(), "the loop itself still turns"
+        monkeypatch.undo()
+        wait_for(lambda: worker.healthy(), 5 * ttl, "/healthz to recover with the renewals")
+    finally:
+        worker.stop()
+        loop.join(30)

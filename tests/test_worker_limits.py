@@ -92,7 +92,7 @@ def test_read_ahead_holds_at_most_read_ahead_bytes_of_decoded_audio_even_with_th
             writer.send(audio[k : k + cap])
     worker = Worker(synthetic_settings(redis_url, read_ahead_bytes=4 * 2**20, max_chunk_bytes=cap))
     worker.start()
-    worker._take_sessions()
+    worker.intake.take()
     worker._read_input()
     session = worker.sessions["huge-chunks"]
     assert 0 < session.queued_bytes() <= 4 * 2**20 and len(session.queue) == 4

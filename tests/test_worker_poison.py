@@ -107,6 +107,9 @@ def test_every_number_decoded_from_an_input_entry_is_bounded(field, value):
         {"asr": {"language": "x" * 257}},
         {"asr": {"min_chunk_size": math.nan}},
         {"asr": {"model": ["base"]}},
+        {"tenant": "t" * 65},
+        {"tenant": "acme}{other"},
+        {"tenant": 7},
     ],
 )
 def test_every_value_of_an_open_message_is_bounded(change):

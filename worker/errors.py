@@ -23,6 +23,23 @@ class UnknownBackendError(ConfigError):
     """No loader is registered under the requested backend name."""
 
 
+class TransientBackendError(StreamscribeError):
+    """The backend failed for a reason that may pass, or not happen on another worker (device
+    memory exhausted). A backend raises it to have the session handed over instead of ended."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure worth another attempt: :class:`TransientBackendError`, host or device memory
+    exhausted (``MemoryError``; torch's ``CUDA out of memory``; CTranslate2's ``CUDA failed with
+    error out of memory``; cuBLAS failing to allocate)."""
+    if isinstance(error, TransientBackendError | MemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        marker in message for marker in ("out of memory", "cublas_status_alloc_failed", "cudaerrormemoryallocation")
+    )
+
+
 class ModelIntegrityError(StreamscribeError):
     """A model file on disk does not match its published checksum."""
 

@@ -54,6 +54,7 @@ class WorkerObserver:
     ) -> None: ...
     def waiting(self, sessions: int) -> None: ...
     def reannounced(self, sessions: int) -> None: ...
+    def transient_failure(self) -> None: ...
 
 
 class PrometheusObserver(WorkerObserver):
@@ -83,6 +84,11 @@ class PrometheusObserver(WorkerObserver):
         self.reannounced_total = Counter(
             "streamscribe_sessions_reannounced",
             "Orphaned sessions (no announcement left after Redis lost it) announced again by this worker",
+            registry=r,
+        )
+        self.transient_failures_total = Counter(
+            "streamscribe_transient_failures",
+            "Sessions handed over, uncommitted, after a transient backend failure (device memory exhausted)",
             registry=r,
         )
         self.takeovers_total = Counter(
@@ -187,6 +193,9 @@ class PrometheusObserver(WorkerObserver):
 
     def reannounced(self, sessions: int) -> None:
         self.reannounced_total.inc(sessions)
+
+    def transient_failure(self) -> None:
+        self.transient_failures_total.inc()
 
 
 def worker_info(registry: CollectorRegistry, **labels: str) -> Info:

@@ -56,7 +56,9 @@ class WorkerSettings(BaseSettings):
     )
     poll_interval_sec: float = Field(0.05, gt=0, description="Idle wait between reads")
     stall_timeout_sec: float = Field(60.0, gt=0, description="End a session with no input for this long")
-    loop_stall_limit_sec: float = Field(120.0, gt=0, description="Stop renewing leases if the loop hangs this long")
+    loop_stall_limit_sec: float = Field(
+        30.0, gt=0, description="Stop renewing leases (and fail /healthz) if the loop hangs this long"
+    )
     retention_sec: float = Field(86400.0, gt=0, description="Keep an ended session's keys this long")
     max_chunk_bytes: int = Field(262144, ge=1024, description="Larger audio chunks are rejected")
     max_channels: int = Field(2, ge=1, le=8, description="Channels per session")
@@ -91,6 +93,12 @@ class WorkerSettings(BaseSettings):
     max_rejections: int = Field(
         100, ge=1, description="End a session after this many rejected input entries (dead letters)"
     )
+    tenant_max_sessions: int = Field(
+        0, ge=0, description="Live sessions each tenant may have across the fleet; 0: no quota"
+    )
+    tenant_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description="Per-tenant quotas that override tenant_max_sessions (acme=20,beta=5)"
+    )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models (of allowed_models) loaded before the worker takes sessions; /readyz waits for them",
@@ -110,6 +118,35 @@ class WorkerSettings(BaseSettings):
                 return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("tenant_limits", mode="before")
+    @classmethod
+    def _split_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("{"):
+                import json
+
+                return json.loads(value)
+            limits: dict[str, str] = {}
+            for pair in filter(None, (p.strip() for p in value.split(","))):
+                tenant, sep, limit = pair.partition("=")
+                if not sep or not tenant.strip():
+                    raise ValueError(f"{pair!r}: use TENANT=LIMIT")
+                limits[tenant.strip()] = limit.strip()
+            return limits
+        return value
+
+    @field_validator("tenant_limits", mode="after")
+    @classmethod
+    def _limits_not_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {t: n for t, n in value.items() if n < 0}
+        if bad:
+            raise ValueError(f"a tenant's limit is 0 or more: {bad}")
+        return value
+
+    def tenant_limit(self, tenant: str) -> int:
+        """The tenant's quota of live sessions; 0 means none."""
+        return self.tenant_limits.get(tenant, self.tenant_max_sessions)
 
     @model_validator(mode="after")
     def _preload_is_allowed(self) -> WorkerSettings:

@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="ask the worker for this model (if it allows it)")
     p.add_argument("--backend", help="ask the worker for this backend (if it allows it)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--tenant", help="whose calls these are, for the workers' per-tenant quotas")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress on stderr")
     add_connection_arguments(p)
     p.set_defaults(run=run)
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             backend=args.backend,
             metadata={"source": Path(path).name, **metadata},
+            tenant=args.tenant,
         )
         writers.append(writer)
         print(writer.session_id, flush=True)
@@ -140,6 +142,7 @@ def _produce_stdin(args: argparse.Namespace, rate: int) -> int:
         model=args.model,
         backend=args.backend,
         metadata={"source": "stdin", **_metadata(args.metadata)},
+        tenant=args.tenant,
     )
     print(writer.session_id, flush=True)
     previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None

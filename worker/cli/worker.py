@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         preload(settings, stopping)
         for name in settings.preload:
-            worker.models.note_loaded(name)
+            worker.models.note_loaded(settings.asr.replace(model=name))
         preloaded.set()
         log.info("worker %s on %s, metrics on port %d", settings.worker_id, masked(settings.redis_url), metrics.port)
         print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)

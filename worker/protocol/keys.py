@@ -111,6 +111,16 @@ class Keyspace:
         """Hash: worker id -> JSON of what it runs and has loaded, rewritten every few seconds."""
         return f"{self.prefix}:workers"
 
+    def tenant(self, tenant: str) -> str:
+        """Sorted set: the tenant's live sessions, scored by when an owner last vouched for each (ms).
+
+        Hash-tagged by tenant, so ``tenant_admit.lua`` counts and adds in one slot. Owners rewrite
+        their sessions' scores every TTL/3 and remove a session when it ends; members older than
+        3 TTLs (an owner that died, a session waiting for a worker) are dropped before counting,
+        and the key expires with the last of them.
+        """
+        return f"{self.prefix}:tenant:{{t:{tenant}}}"
+
     def reconcile_lock(self) -> str:
         """String, the id of the worker running the orphan-reconciliation pass; expires with the pass interval."""
         return f"{self.prefix}:reconcile:lock"

@@ -16,6 +16,7 @@ confidence}``, segments name their ``language``, ``session_started`` the model, 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
@@ -128,6 +129,12 @@ class Message:
 # -- input ----------------------------------------------------------------------------------------
 
 
+#: A tenant names a key (``P:tenant:{t:<tenant>}``), so it is bounded like a session id.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9._:@+=-]{1,64}$")
+#: The tenant of sessions whose open message names none.
+DEFAULT_TENANT = "default"
+
+
 @dataclass(frozen=True)
 class SessionOpen(Message):
     """A new call: how its audio is encoded, per-session ASR options, free metadata."""
@@ -142,6 +149,12 @@ class SessionOpen(Message):
     created_at: float = 0.0
     #: Publish interim hypotheses as ``partial`` events (outside the exactly-once record).
     partials: bool = True
+    #: Whose call this is, for the workers' per-tenant quotas; "" counts as ``DEFAULT_TENANT``.
+    tenant: str = ""
+
+    @property
+    def quota_tenant(self) -> str:
+        return self.tenant or DEFAULT_TENANT
 
     @classmethod
     def decode(cls, raw: bytes) -> SessionOpen:
@@ -158,6 +171,7 @@ class SessionOpen(Message):
             created_at=_timestamp(obj, "created_at"),
             # optional: opens written before partials existed have none
             partials=_require(obj, "partials", bool) if "partials" in obj else True,
+            tenant=_require(obj, "tenant", str) if "tenant" in obj else "",
         )
         msg.validate()
         return msg
@@ -171,6 +185,8 @@ class SessionOpen(Message):
             raise DecodeError(f"{self.encoding} audio must be 8000 Hz, not {self.sample_rate}")
         if not 1 <= self.channels <= 8:
             raise DecodeError(f"channels {self.channels} is outside 1..8")
+        if self.tenant and not TENANT_PATTERN.match(self.tenant):
+            raise DecodeError(f"tenant {shown(self.tenant)}: use 1-64 characters of letters, digits and . _ : @ + = -")
         unknown = set(self.asr) - set(SESSION_ASR_OPTIONS)
         if unknown:
             raise DecodeError(

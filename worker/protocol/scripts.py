@@ -13,7 +13,16 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-SCRIPT_NAMES = ("open_session", "acquire", "commit", "forward", "heartbeat", "release", "reannounce")
+SCRIPT_NAMES = (
+    "open_session",
+    "acquire",
+    "commit",
+    "forward",
+    "heartbeat",
+    "release",
+    "reannounce",
+    "tenant_admit",
+)
 
 
 @dataclass(frozen=True)

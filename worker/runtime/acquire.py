@@ -17,6 +17,7 @@ from worker.protocol.messages import SessionOpen
 from worker.protocol.scripts import Scripts
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint
+from worker.runtime.quotas import QUOTA_EXCEEDED, TenantQuotas
 from worker.runtime.restore import restore_session
 from worker.runtime.session import LiveSession, SessionLease
 from worker.settings import WorkerSettings
@@ -42,8 +43,23 @@ class SessionFactory:
         self.keys = keys
         self.scripts = scripts
         self.settings = settings
+        self.quotas = TenantQuotas(client, keys, scripts, settings)
 
-    def acquire(self, shard: int, entry_id: str, sid: str, now_ms: int) -> Acquired:
+    def requested_config(self, sid: str) -> ASRConfig | None:
+        """The ASR options the session's open message asks for, read without taking the session.
+
+        None when there is no usable open message or it asks for something refused here: taking
+        the session then ends it with the reason, and needs no model.
+        """
+        try:
+            opened = SessionOpen.decode(self.client.hget(self.keys.session_state(sid), "open") or b"")
+            self._check_allowed(opened)
+            return self.session_config(opened)
+        except Exception:  # whatever is wrong, acquire() finds it again and ends the session with it
+            return None
+
+    def acquire(self, shard: int, entry_id: str, sid: str, now_ms: int, load_error: str | None = None) -> Acquired:
+        """Take the claimed session; ``load_error``: its model failed to load, so it ends with that."""
         try:
             reply = self.scripts.call(
                 self.client, "acquire", [self.keys.session_state(sid)], [self.settings.worker_id, entry_id, now_ms]
@@ -62,7 +78,7 @@ class SessionFactory:
         if attempts > self.settings.max_session_attempts:
             # the earlier attempts died or failed in restore or processing: do neither again
             return Acquired("ok", self._quarantined(lease, open_blob, checkpoint, out_seq, attempts), epoch > 1)
-        session = self._build(lease, open_blob)
+        session = self._build(lease, open_blob, load_error)
         session.out_seq = out_seq
         created_ms = self.client.hget(self.keys.session_state(sid), "created_ms")
         session.deadline = _deadline(created_ms, now_ms, self.settings.max_session_sec)
@@ -83,10 +99,22 @@ class SessionFactory:
                 if not session.dirty:
                     session.fail("restore_failed", f"the session's checkpoint could not be restored: {e}")
         else:
+            session = self._admitted(session)
             session.started_event()
         return Acquired("ok", session, takeover=epoch > 1)
 
-    def _build(self, lease: SessionLease, open_blob: bytes | None) -> LiveSession:
+    def _admitted(self, session: LiveSession) -> LiveSession:
+        """A session that starts now, or, past its tenant's quota, one that ends at once saying so."""
+        refusal = self.quotas.admit(session.session_id, session.opened.quota_tenant)
+        if refusal is None:
+            return session
+        refused = self._live(session.lease, session.opened, [], session.opened.sample_rate, session.config)
+        refused.out_seq = session.out_seq
+        refused.deadline = session.deadline
+        refused.fail(QUOTA_EXCEEDED, refusal)
+        return refused
+
+    def _build(self, lease: SessionLease, open_blob: bytes | None, load_error: str | None = None) -> LiveSession:
         """A live session; a bad open message or a refused option gives one that fails at once."""
         raw = open_blob or b""
         try:
@@ -109,6 +137,8 @@ class SessionFactory:
         except ConfigError as e:
             return self._refused(lease, opened, inputs.BAD_SESSION, f"invalid ASR options: {e}", raw)
         try:
+            if load_error is not None:
+                raise ConfigError(f"model {config.model!r} could not be loaded: {load_error}")
             loaded = [load_processor(config) for _ in range(opened.channels)]
         except Exception as e:  # faster-whisper, ctranslate2 and the hub raise their own types
             # the session asked for something allowed; this worker could not provide it

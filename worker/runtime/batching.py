@@ -3,7 +3,11 @@
 The loop plans each owned session up to its next processing point; the transcribe calls of all
 of them are grouped here by what the backends say makes one call answer each the same
 (``batch_key``), split at ``max_batch``, and sent as one call per group. A group whose call
-raises is retried request by request, so one bad input ends only its own session.
+raises is retried request by request, so one bad input ends only its own session. A request that
+fails alone for a reason that may pass (device memory exhausted, see
+:func:`worker.errors.is_transient`) does not end its session: the session is marked for handover,
+and the loop releases it uncommitted, to be restored from its last checkpoint by whichever worker
+claims it (the restore attempts count, so a session that fails everywhere is quarantined).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from worker.errors import is_transient
 from worker.metrics import WorkerObserver
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.faults import isolated
@@ -44,7 +49,7 @@ def transcribe(calls: list[PlannedCall], max_batch: int, observer: WorkerObserve
         capacity.busy(elapsed)
         for call, result in zip(group, results, strict=True):
             s = call.session
-            if result is not _FAILED and not s.untrusted:
+            if result is not _FAILED and not s.untrusted and s.handover is None:
                 isolated(s, "completing a transcribe call", s.complete_call, call, result, default=None)
 
 
@@ -53,6 +58,10 @@ def _alone(call: PlannedCall) -> Any:
     try:
         return call.processor.asr.transcribe_requests([call.request])[0]
     except Exception as e:
+        if is_transient(e):
+            log.warning("session %s: transcribe failed (%s); handing it over", call.session.session_id, e)
+            call.session.handover = f"{type(e).__name__}: {e}"
+            return _FAILED
         log.exception("session %s: transcribe failed", call.session.session_id)
         call.session.fail("backend_error", f"the ASR backend failed: {e}")
         return _FAILED

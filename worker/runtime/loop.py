@@ -16,18 +16,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from worker.errors import ConfigError
 from worker.metrics import END_REASONS, LoopHeartbeat, WorkerObserver
 from worker.protocol.connection import connect
-from worker.protocol.keys import Keyspace, check_session_id
+from worker.protocol.keys import Keyspace
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
 from worker.runtime.batching import transcribe
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.faults import fail_session, isolated
+from worker.runtime.intake import Intake
 from worker.runtime.models import ModelControl
-from worker.runtime.ownership import Claimed, LeaseKeeper, LeaseManager
+from worker.runtime.ownership import LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher
 from worker.runtime.reconcile import Reconciler
 from worker.runtime.retry import CommitRetry
@@ -70,12 +70,20 @@ class Worker:
         self._lost: set[tuple[int, str]] = set()
         self._lost_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._next_janitor = 0.0
         self._next_waiting_count = 0.0
         self._keeper: LeaseKeeper | None = None
         self._keeper_client: Any = None
-        #: announcement entries claimed and being acquired (model load, restore): renewed too
-        self._acquiring: frozenset[tuple[int, str]] = frozenset()
+        self.intake = Intake(
+            settings,
+            self.sessions,
+            self.leases,
+            self.factory,
+            self.committer,
+            self.models,
+            self.capacity,
+            self.observer,
+            self._stopping,
+        )
 
     def __repr__(self) -> str:
         return f"<Worker {self.settings.worker_id} sessions={len(self.sessions)}/{self.settings.max_sessions}>"
@@ -108,7 +116,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 did_work = self.run_iteration()
-                if burst and not did_work and not self.sessions:
+                if burst and not did_work and not self.sessions and not self.intake.waiting:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -121,8 +129,9 @@ class Worker:
         self._stopping.set()
 
     def healthy(self) -> bool:
-        """``/healthz``: the loop turns, Redis answers, and commits are not all failing."""
-        return self.health.alive() and self.commit_retry.healthy()
+        """``/healthz``: the loop turns, Redis answers, leases are renewed, commits are not all failing."""
+        keeper_ok = self._keeper is None or self._keeper.healthy()
+        return self.health.alive() and keeper_ok and self.commit_retry.healthy()
 
     def shutdown(self) -> None:
         """Release every lease at once (no wait for the TTL) and stop the lease keeper."""
@@ -138,6 +147,7 @@ class Worker:
             except Exception as e:
                 log.warning("could not hand %s over (it expires after the TTL instead): %s", s.session_id, e)
         self.sessions.clear()
+        self.intake.release_all()
         with contextlib.suppress(Exception):
             self.models.forget()
         try:
@@ -172,13 +182,14 @@ class Worker:
 
     def _iteration(self) -> bool:
         self._drop_lost()
-        took = self._take_sessions()
+        took = self.intake.take()
         self._read_input()
         stall = self.settings.stall_timeout_sec
         # a session whose commit failed waits for its retry with what it has, unprocessed
         planned = [s for s in self.sessions.values() if not self.commit_retry.waiting(s.session_id)]
         calls = [c for s in planned for c in isolated(s, "planning", s.plan_iteration, stall, default=[])]
         transcribe(calls, self.settings.max_batch, self.observer, self.capacity)
+        self._hand_over_failed()
         for s in self.sessions.values():
             if s.dirty:
                 isolated(s, "finishing its iteration", s.finish_iteration, default=None)
@@ -186,15 +197,40 @@ class Worker:
         committed = self._commit(due)
         self._finish_ended()
         self._report_load()
+        self.factory.quotas.vouch((sid, s.opened.quota_tenant) for sid, s in self.sessions.items() if s.processors)
         self.models.poll()
         reannounced = 0 if self._stopping.is_set() else self.reconciler.maybe_run()
         if reannounced:
             self.observer.reannounced(reannounced)
         return bool(took or calls or committed or reannounced)
 
+    def _hand_over_failed(self) -> None:
+        """Release, uncommitted, the sessions whose backend failed transiently (see batching).
+
+        Their state of this iteration is dropped; the next owner restores the last checkpoint and
+        replays the input after it, so nothing is lost or repeated. ``attempts`` is left counting.
+        """
+        for sid, s in list(self.sessions.items()):
+            if s.handover is None:
+                continue
+            log.warning(
+                "session %s: handed over after a transient backend failure: %s",
+                sid,
+                s.handover,
+                extra={"session": sid, "event": "handover"},
+            )
+            del self.sessions[sid]
+            self.committer.forget(sid)
+            self.commit_retry.forget(sid)
+            self.observer.transient_failure()
+            with contextlib.suppress(RedisError):
+                self.leases.release(s.lease.shard, s.lease.entry_id)
+            self.intake.janitor_now()  # claimable now: by whichever worker's janitor runs first
+
     def _drop_lost(self) -> None:
         with self._lost_lock:
             lost, self._lost = self._lost, set()
+        self.intake.drop(lost)
         for shard, entry_id in lost:
             for sid, s in list(self.sessions.items()):
                 if s.lease.shard == shard and s.lease.entry_id == entry_id:
@@ -204,75 +240,6 @@ class Worker:
                     del self.sessions[sid]
                     self.committer.forget(sid)  # the new owner copies what is left
                     self.commit_retry.forget(sid)
-
-    def _take_sessions(self) -> int:
-        if self._stopping.is_set():
-            return 0
-        backlog = sum(s.backlog_sec() for s in self.sessions.values())
-        free = self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
-        claimed: list[Claimed] = []
-        if free > 0:
-            claimed += self.leases.take_new(free)
-        now = time.monotonic()
-        if free - len(claimed) > 0 and now >= self._next_janitor:
-            self._next_janitor = now + self.settings.janitor_interval_sec
-            claimed += self.leases.take_expired(free - len(claimed))
-        self._acquiring = frozenset((shard, entry_id) for shard, entry_id, _sid in claimed)
-        try:
-            for shard, entry_id, sid in claimed:
-                try:
-                    self._acquire(shard, entry_id, sid)
-                except Exception as e:
-                    if isinstance(e, RedisError) and "WRONGTYPE" not in str(e):
-                        raise  # Redis itself is failing: the whole loop backs off
-                    # this session's restore failed: hand it over for another attempt; acquire.lua
-                    # counted this one, and after max_session_attempts the session is quarantined
-                    log.exception("could not take session %s; handing it over for another attempt", sid)
-                    with contextlib.suppress(RedisError):
-                        self.leases.release(shard, entry_id)
-        finally:
-            self._acquiring = frozenset()
-        return len(claimed)
-
-    def _acquire(self, shard: int, entry_id: str, sid: str) -> None:
-        if sid in self.sessions:
-            # our own session came back to us (a stale duplicate); keep the one we run
-            return
-        try:
-            check_session_id(sid)
-        except ConfigError as e:
-            log.warning("announcement %s names no usable session (%s); acknowledging it", entry_id, e)
-            self.leases.finish(shard, entry_id)
-            return
-        outcome = self.factory.acquire(shard, entry_id, sid, int(time.time() * 1000))
-        if outcome.status in ("ended", "missing", "duplicate", "unusable"):
-            if outcome.status == "ended":
-                behind = self.committer.forward([(sid, self.committer.pending_records(sid))])
-                self.committer.forget(sid)
-                if behind:
-                    # still not copied: leave the lease to expire, so a later janitor pass retries
-                    return
-            log.info("announcement %s of session %s: %s; acknowledging it", entry_id, sid, outcome.status)
-            self.leases.finish(shard, entry_id)
-            return
-        session = outcome.session
-        assert session is not None
-        self.committer.forget(sid)  # nothing kept from an earlier time this worker held it
-        event = "takeover" if outcome.takeover else "acquired"
-        log.info(
-            "%s session %s (epoch %d)",
-            "took over" if outcome.takeover else "took",
-            sid,
-            session.lease.epoch,
-            extra={"session": sid, "epoch": session.lease.epoch, "event": event},
-        )
-        if outcome.takeover:
-            self.observer.takeover()
-            self.committer.forward([(sid, self.committer.pending_records(sid))])
-        self.sessions[sid] = session
-        if session.config is not None and session.processors:
-            self.models.note_loaded(session.config.model)
-        self.committer.unproven[sid] = session.in_pos
 
     def _read_input(self) -> None:
         """Top up each session's queue, in one pipelined round trip: to ``read_count`` entries and
@@ -364,6 +331,8 @@ class Worker:
             except RedisError as e:
                 log.warning("session %s ended, but closing its lease failed (retrying): %s", sid, e)
                 continue
+            with contextlib.suppress(RedisError):  # else it drops out of the count after 3 TTLs
+                self.factory.quotas.release(sid, s.opened.quota_tenant)
             self.sessions.pop(sid, None)
             self.committer.forget(sid)
             self.observer.session_ended(_reason_label(s.ended_reason))
@@ -394,7 +363,7 @@ class Worker:
         held: dict[int, list[str]] = defaultdict(list)
         for s in list(self.sessions.values()):
             held[s.lease.shard].append(s.lease.entry_id)
-        for shard, entry_id in self._acquiring:
+        for shard, entry_id in self.intake.claims():
             held[shard].append(entry_id)
         return held
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -181,7 +182,9 @@ class LeaseKeeper(threading.Thread):
     """Renews this worker's leases every TTL/3 from its own thread and connection.
 
     It stops renewing when the loop has not ticked for ``loop_alive()`` to hold: a hung worker
-    must lose its sessions rather than keep them forever.
+    must lose its sessions rather than keep them forever. :meth:`healthy` is false once no renewal
+    has succeeded for a TTL (the thread died, or its connection fails while the loop's works):
+    the leases are then lost, whatever the loop does, and ``/healthz`` must say so.
     """
 
     def __init__(
@@ -199,6 +202,7 @@ class LeaseKeeper(threading.Thread):
         self.loop_alive = loop_alive
         self.interval_sec = interval_sec
         self._stop_event = threading.Event()
+        self._renewed_at = time.monotonic()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_sec):
@@ -213,8 +217,13 @@ class LeaseKeeper(threading.Thread):
         except Exception as e:  # a Redis hiccup must not kill the thread; the next tick retries
             log.warning("lease renewal failed: %s", e)
             return
+        self._renewed_at = time.monotonic()
         if lost:
             self.on_lost(lost)
+
+    def healthy(self) -> bool:
+        """The thread runs and renewed within a TTL (three of its intervals)."""
+        return self.is_alive() and time.monotonic() - self._renewed_at < 3 * self.interval_sec
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -121,6 +121,8 @@ class LiveSession(SessionRecords):
         self._chunk_frames = 0
         #: its processing raised: no checkpoint is taken of it any more (see :meth:`abort`)
         self.untrusted = False
+        #: why its backend failed transiently: the loop hands it over uncommitted (see batching)
+        self.handover: str | None = None
         self.partials = PartialTracker(lease.session_id, enabled=opened.partials)
         #: Unix time past which the session ends (``max_session_sec`` after its open; set on acquire)
         self.deadline = float("inf")
