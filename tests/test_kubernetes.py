@@ -175,7 +175,9 @@ def test_the_worker_probes_cover_model_load_liveness_and_readiness_on_the_metric
 
 def test_a_stopping_worker_has_time_to_hand_its_sessions_over_and_rollouts_keep_capacity() -> None:
     deployment = rendered("default")[("Deployment", WORKER)]
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain = float(rendered("default")[("ConfigMap", WORKER)]["data"]["STREAMSCRIBE_DRAIN_TIMEOUT_SEC"])
+    assert grace >= drain + 10, "SIGKILL would come before the drain hands the sessions over"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = rendered("default")[("PodDisruptionBudget", WORKER)]
     assert selects(pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])

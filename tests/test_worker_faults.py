@@ -168,7 +168,8 @@ def test_sigterm_hands_the_session_over_well_under_the_ttl(redis_url, fleet):
     reference = reference_segments(redis_url, words)
     client = client_for(redis_url)
     sid = "call-term"
-    leaving = fleet.spawn(redis_url, "w-leaving", lease_ttl_sec=ttl)
+    # no drain time: SIGTERM hands over at once (tests/test_worker_drain.py covers the drain)
+    leaving = fleet.spawn(redis_url, "w-leaving", lease_ttl_sec=ttl, env={"STREAMSCRIBE_DRAIN_TIMEOUT_SEC": "0"})
     producer = RealtimeProducer(redis_url, sid, encode_words(words), interval_sec=0.025)
     producer.start()
     wait_owner(client, sid, 0, timeout=10)

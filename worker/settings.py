@@ -55,6 +55,11 @@ class WorkerSettings(BaseSettings):
         60.0, gt=0, description="How often the fleet looks for orphans (open sessions no announcement names)"
     )
     poll_interval_sec: float = Field(0.05, gt=0, description="Idle wait between reads")
+    drain_timeout_sec: float = Field(
+        30.0,
+        ge=0,
+        description="SIGTERM drains: no new sessions, owned ones served until they end or this long, then handed over",
+    )
     stall_timeout_sec: float = Field(60.0, gt=0, description="End a session with no input for this long")
     loop_stall_limit_sec: float = Field(
         30.0, gt=0, description="Stop renewing leases (and fail /healthz) if the loop hangs this long"

@@ -6,12 +6,15 @@
     streamscribe admin end SESSION [--reason R]      end a live session as its producer would
     streamscribe admin reannounce SESSION            give an orphan (open, no live lease) to the workers
     streamscribe admin purge SESSION [--force]       delete every key of a session (erasure requests)
+    streamscribe admin drain WORKER [--wait SEC]     a worker takes no new session, finishes or hands over
 
 Each acts through the same keys and messages as producers and workers do (docs/protocol.md):
 ``end`` appends an end marker after the last chunk, so the owner commits the tail and ends the
 session; ``reannounce`` clears the lost lease of a session whose announcement entry is gone
 (Redis data loss) and announces it again, so a worker restores it from its last checkpoint with the
-exactly-once record intact; ``purge`` refuses a live session unless ``--force``.
+exactly-once record intact; ``purge`` refuses a live session unless ``--force``; ``drain`` puts a
+command on the control stream that the named worker acts on as on SIGTERM (``models list`` names
+the live workers).
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     purge = actions.add_parser("purge", help="delete every key of a session")
     purge.add_argument("session")
     purge.add_argument("--force", action="store_true", help="also a live session (its owner ends with errors)")
-    for action in (listing, actions.choices["waiting"], letters, end, again, purge):
+    drain = actions.add_parser("drain", help="a worker takes no new session; it finishes or hands over its own")
+    drain.add_argument("worker", help="the worker id (streamscribe models list)")
+    drain.add_argument("--wait", type=float, default=0.0, metavar="SEC", help="wait this long for it to stop")
+    for action in (listing, actions.choices["waiting"], letters, end, again, purge, drain):
         add_connection_arguments(action)
         action.add_argument("--group", default=WORKER_GROUP, help="the workers' consumer group (their --group)")
     p.set_defaults(run=run)
@@ -186,6 +192,24 @@ def _purge(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    from worker.runtime.models import CONTROL_MAXLEN
+
+    if client.hget(keys.workers(), args.worker) is None:
+        raise ConfigError(f"no live worker {args.worker!r}; `streamscribe models list` names them")
+    client.xadd(keys.control(), {"drain": args.worker}, maxlen=CONTROL_MAXLEN, approximate=True)
+    print(f"asked worker {args.worker} to drain: no new sessions; it finishes or hands over its own and stops")
+    deadline = time.monotonic() + args.wait
+    while args.wait > 0 and client.hget(keys.workers(), args.worker) is not None:
+        if time.monotonic() > deadline:
+            print(f"worker {args.worker} still runs after {args.wait:.0f} s")
+            return 1
+        time.sleep(0.2)
+    if args.wait > 0:
+        print(f"worker {args.worker} stopped")
+    return 0
+
+
 ACTIONS = {
     "sessions": _sessions,
     "waiting": _waiting,
@@ -193,4 +217,5 @@ ACTIONS = {
     "end": _end,
     "reannounce": _reannounce,
     "purge": _purge,
+    "drain": _drain,
 }

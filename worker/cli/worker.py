@@ -127,17 +127,23 @@ def run(args: argparse.Namespace) -> int:
         return worker is not None and worker.healthy()
 
     # /healthz answers 503 until the worker reached Redis, and from then on says what it says;
-    # /readyz also waits for the preloaded models
+    # /readyz also waits for the preloaded models, and fails while the worker drains
     metrics = MetricsServer(
         observer.registry,
         healthy,
         settings.metrics_host,
         settings.metrics_port,
-        ready=lambda: preloaded.is_set() and healthy(),
+        ready=lambda: preloaded.is_set() and healthy() and worker is not None and not worker.draining,
     )
     metrics.start()
 
     def on_signal(signum: int, _frame: object) -> None:
+        if worker is not None and signum == signal.SIGTERM:
+            # docker stop, a rolling update: finish what can finish, then hand the rest over
+            # (a second SIGTERM, or SIGINT, hands over at once)
+            log.info("signal %d: draining", signum)
+            worker.drain()
+            return
         log.info("signal %d: handing sessions over and stopping", signum)
         stopping.set()
         if worker is not None:

@@ -45,6 +45,7 @@ class Intake:
         capacity: CapacityMeter,
         observer: WorkerObserver,
         stopping: threading.Event,
+        draining: threading.Event,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -55,6 +56,7 @@ class Intake:
         self.capacity = capacity
         self.observer = observer
         self._stopping = stopping
+        self._draining = draining
         self._next_janitor = 0.0
         #: announcement entries claimed and being acquired (restore): renewed too
         self._acquiring: frozenset[tuple[int, str]] = frozenset()
@@ -88,7 +90,8 @@ class Intake:
 
     def take(self) -> int:
         """Claim and take sessions while there is capacity; returns how many were taken."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._draining.is_set():
+            self.release_all()  # a claim still waiting for its model goes to another worker
             return 0
         backlog = sum(s.backlog_sec() for s in self.sessions.values())
         owned = len(self.sessions) + len(self._deferred)

@@ -41,7 +41,12 @@ WAITING_INTERVAL_SEC = 5.0
 
 
 class Worker:
-    """One worker process's loop. ``stop()`` (SIGTERM) hands its sessions over and returns."""
+    """One worker process's loop.
+
+    ``drain()`` (SIGTERM, ``streamscribe admin drain``) stops taking sessions and serves the owned
+    ones until they end or ``drain_timeout_sec`` passes; ``stop()`` (a second signal) returns after
+    the iteration in hand. Either way the sessions still owned are handed over on the way out.
+    """
 
     def __init__(self, settings: WorkerSettings, *, observer: WorkerObserver | None = None, client: Any = None):
         self.settings = settings
@@ -61,6 +66,7 @@ class Worker:
         )
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.models = ModelControl(self.client, self.keys, settings)
+        self.models.on_drain = self.drain
         self.reconciler = Reconciler(
             self.client, self.keys, self.scripts, settings.worker_id, settings.reconcile_interval_sec
         )
@@ -70,6 +76,8 @@ class Worker:
         self._lost: set[tuple[int, str]] = set()
         self._lost_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._draining = threading.Event()
+        self._drain_deadline = float("inf")
         self._next_waiting_count = 0.0
         self._keeper: LeaseKeeper | None = None
         self._keeper_client: Any = None
@@ -83,6 +91,7 @@ class Worker:
             self.capacity,
             self.observer,
             self._stopping,
+            self._draining,
         )
 
     def __repr__(self) -> str:
@@ -120,6 +129,9 @@ class Worker:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     break
+                if self._draining.is_set() and (not self.sessions or time.monotonic() > self._drain_deadline):
+                    log.info("drained: %d session(s) left to hand over", len(self.sessions), extra={"event": "drained"})
+                    break
                 if not did_work:
                     self._stopping.wait(self.settings.poll_interval_sec)
         finally:
@@ -127,6 +139,26 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def drain(self) -> None:
+        """Take no new session; stop once the owned ones end, or ``drain_timeout_sec`` from now.
+
+        A second call (another SIGTERM) stops at once. Safe from a signal handler.
+        """
+        if self._draining.is_set() or self.settings.drain_timeout_sec <= 0:
+            self.stop()
+            return
+        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_sec
+        self._draining.set()
+        log.info(
+            "draining: no new sessions; handing over what is left in %.0f s",
+            self.settings.drain_timeout_sec,
+            extra={"event": "draining"},
+        )
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set() or self._stopping.is_set()
 
     def healthy(self) -> bool:
         """``/healthz``: the loop turns, Redis answers, leases are renewed, commits are not all failing."""
@@ -346,11 +378,7 @@ class Worker:
     def _report_load(self) -> None:
         backlog = sum(s.backlog_sec() for s in self.sessions.values())
         utilisation = self.capacity.update()
-        spare = (
-            0
-            if self._stopping.is_set()
-            else self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
-        )
+        spare = 0 if self.draining else self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
         self.observer.load(len(self.sessions), self.settings.max_sessions, backlog, utilisation, spare)
         now = time.monotonic()
         if now >= self._next_waiting_count:

@@ -1,4 +1,5 @@
-"""Models loaded ahead of sessions, fleet-wide: ``streamscribe models load NAME`` and ``models list``.
+"""Models loaded ahead of sessions, fleet-wide: ``streamscribe models load NAME`` and ``models list``;
+and the control stream that carries those commands (and ``streamscribe admin drain WORKER``).
 
 The guide's ``POST /load_model`` loads a backend's model on a server; here a command on the
 control stream asks every live worker to load an allow-listed model before its first session
@@ -20,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from worker import __version__
@@ -69,6 +71,8 @@ class ModelControl:
         self._cursor = "0-0"
         self._next_poll = 0.0
         self._next_publish = 0.0
+        #: called on a ``drain`` command naming this worker (``streamscribe admin drain``)
+        self.on_drain: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Commands sent from now on apply; earlier ones were for the workers live then."""
@@ -113,6 +117,8 @@ class ModelControl:
             self._next_poll = now + POLL_INTERVAL_SEC
             for entry_id, fields in self.client.xrange(self.keys.control(), f"({self._cursor}", "+", count=20):
                 self._cursor = text(entry_id)
+                if fields.get(b"drain") == self.settings.worker_id.encode() and self.on_drain is not None:
+                    self.on_drain()
                 raw = fields.get(b"load", b"")
                 # a model name is text; anything else on the stream is not a command of ours
                 model = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
