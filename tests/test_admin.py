@@ -52,6 +52,9 @@ def test_sessions_lists_every_session_with_its_status_owner_and_epoch(redis_url,
     assert code == 0 and set(rows) == {"done", "pending"}
     assert rows["done"]["status"] == "ended" and rows["done"]["owner"] == "w-list" and rows["done"]["epoch"] == 1
     assert rows["pending"]["status"] == "open" and rows["pending"]["input_entries"] > 0
+    audio_sec = encode_words(WORDS, 16000).shape[0] / 16000
+    assert rows["pending"]["backlog_sec"] == pytest.approx(audio_sec, abs=0.05), "nothing of it is processed"
+    assert rows["done"]["backlog_sec"] == 0
     assert admin(capsys, redis_url, "waiting")[1].strip() == "1"
 
 
@@ -114,3 +117,26 @@ def test_dead_letters_shows_each_rejected_entry_with_its_reason(redis_url, capsy
     code, out, _err = admin(capsys, redis_url, "dead-letters", "letters", "--json")
     assert code == 0
     assert [r["reason"] for r in map(json.loads, out.splitlines())] == ["malformed", "seq_duplicate"]
+
+
+def test_replay_runs_an_ended_session_again_under_a_new_id_from_its_retained_input(redis_url, capsys):
+    client = client_for(redis_url)
+    with Producer(redis_url).open("refused", model="tones-large", tenant="acme", metadata={"agent": "7"}) as writer:
+        writer.send(encode_words(WORDS, 16000))
+    Worker(synthetic_settings(redis_url)).run(burst=True)
+    assert [e.code for e in session_events(client, "refused") if e.TYPE == "error"] == ["not_allowed"]
+
+    code, out, _err = admin(capsys, redis_url, "replay", "refused", "--as", "refused-again")
+    assert code == 0 and "replayed as refused-again" in out
+    Worker(synthetic_settings(redis_url, allowed_models=["tones", "tones-large"])).run(burst=True)
+    events = session_events(client, "refused-again")
+    assert events[-1].reason == "completed" and words_of(events) == oracle(WORDS)
+    assert events[0].metadata == {"agent": "7", "replay_of": "refused"}
+
+    assert admin(capsys, redis_url, "replay", "refused", "--as", "refused-again")[0] == 2, "the new id is taken"
+    live_session(redis_url, "still-live")
+    code, _out, err = admin(capsys, redis_url, "replay", "still-live", "--as", "copy")
+    assert code == 2 and "only an ended session" in err
+    client.xtrim(KEYS.session_input("refused"), minid="2-0", approximate=False)
+    code, _out, err = admin(capsys, redis_url, "replay", "refused", "--as", "other-copy")
+    assert code == 2 and "trimmed" in err

@@ -7,6 +7,7 @@
     streamscribe admin reannounce SESSION            give an orphan (open, no live lease) to the workers
     streamscribe admin purge SESSION [--force]       delete every key of a session (erasure requests)
     streamscribe admin drain WORKER [--wait SEC]     a worker takes no new session, finishes or hands over
+    streamscribe admin replay SESSION --as NEW       run an ended session again from its retained input
 
 Each acts through the same keys and messages as producers and workers do (docs/protocol.md):
 ``end`` appends an end marker after the last chunk, so the owner commits the tail and ends the
@@ -14,7 +15,10 @@ session; ``reannounce`` clears the lost lease of a session whose announcement en
 (Redis data loss) and announces it again, so a worker restores it from its last checkpoint with the
 exactly-once record intact; ``purge`` refuses a live session unless ``--force``; ``drain`` puts a
 command on the control stream that the named worker acts on as on SIGTERM (``models list`` names
-the live workers).
+the live workers); ``replay`` runs an ended session again under a new id from its open message and
+its retained input, entry for entry (after the allow-list, quota or a bug that ended it was fixed).
+Dead letters themselves keep only the first 1024 bytes of what was rejected, so they show what was
+wrong; the input stream, kept for ``retention_sec``, is what a replay sends again.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     drain = actions.add_parser("drain", help="a worker takes no new session; it finishes or hands over its own")
     drain.add_argument("worker", help="the worker id (streamscribe models list)")
     drain.add_argument("--wait", type=float, default=0.0, metavar="SEC", help="wait this long for it to stop")
-    for action in (listing, actions.choices["waiting"], letters, end, again, purge, drain):
+    replay = actions.add_parser("replay", help="run an ended session again, under a new id, from its retained input")
+    replay.add_argument("session")
+    replay.add_argument("--as", dest="new_session", required=True, metavar="NEW", help="the new session's id")
+    for action in (listing, actions.choices["waiting"], letters, end, again, purge, drain, replay):
         add_connection_arguments(action)
         action.add_argument("--group", default=WORKER_GROUP, help="the workers' consumer group (their --group)")
     p.set_defaults(run=run)
@@ -92,6 +99,7 @@ def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
             )
         )
         created = float(values["created_ms"] or now_ms)
+        entries, seconds = (0, 0.0) if values["status"] == "ended" else _backlog(client, keys, sid)
         rows.append(
             {
                 "session": sid,
@@ -100,6 +108,8 @@ def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
                 "epoch": int(values["epoch"] or 0),
                 "age_sec": round((now_ms - created) / 1000, 1),
                 "input_entries": int(client.xlen(keys.session_input(sid))),
+                "backlog_entries": entries,
+                "backlog_sec": round(seconds, 1),
                 "out_seq": int(values["out_seq"] or 0),
             }
         )
@@ -107,13 +117,46 @@ def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'session':40s} {'status':7s} {'owner':30s} {'epoch':>5s} {'age':>9s} {'input':>6s} {'out':>5s}")
+    print(
+        f"{'session':40s} {'status':7s} {'owner':30s} {'epoch':>5s} {'age':>9s} {'input':>6s} {'backlog':>9s} "
+        f"{'out':>5s}"
+    )
     for r in rows:
         print(
             f"{r['session']:40s} {r['status'] or '-':7s} {r['owner'] or '-':30s} {r['epoch']:5d} "
-            f"{r['age_sec']:8.0f}s {r['input_entries']:6d} {r['out_seq']:5d}"
+            f"{r['age_sec']:8.0f}s {r['input_entries']:6d} {r['backlog_sec']:8.1f}s {r['out_seq']:5d}"
         )
     return 0
+
+
+#: Entries ``sessions`` reads per session to measure its backlog (more shows as at least this).
+BACKLOG_READ_LIMIT = 5000
+
+
+def _backlog(client: Any, keys: Keyspace, sid: str) -> tuple[int, float]:
+    """Input entries after the last committed position, and their audio seconds (no worker's view needed)."""
+    from worker.errors import StreamscribeError
+    from worker.protocol.messages import AudioChunk, SessionOpen, decode_input
+    from worker.protocol.pcm import BYTES_PER_SAMPLE
+    from worker.runtime.checkpoint import Checkpoint
+
+    blob, checkpoint = client.hmget(keys.session_state(sid), "open", "checkpoint")
+    try:
+        opened = SessionOpen.decode(blob or b"")
+        after = Checkpoint.decode(checkpoint).in_pos if checkpoint else "0-0"
+    except StreamscribeError:
+        return 0, 0.0
+    frame_bytes = BYTES_PER_SAMPLE[opened.encoding] * opened.channels
+    entries = client.xrange(keys.session_input(sid), f"({after}", "+", count=BACKLOG_READ_LIMIT)
+    seconds = 0.0
+    for _id, fields in entries:
+        try:
+            message = decode_input(fields.get(b"m", b""))
+        except StreamscribeError:
+            continue
+        if isinstance(message, AudioChunk):
+            seconds += len(message.payload) / frame_bytes / opened.sample_rate
+    return len(entries), seconds
 
 
 def _waiting(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
@@ -210,6 +253,63 @@ def _drain(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
+    from producer.client import Producer
+    from worker.errors import DecodeError
+    from worker.protocol.messages import SessionOpen
+
+    sid, new = check_session_id(args.session), check_session_id(args.new_session)
+    status = _state(client, keys, sid).get("status")
+    if status != "ended":
+        raise ConfigError(f"session {sid!r} is {status or 'open'}; only an ended session is replayed")
+    try:
+        opened = SessionOpen.decode(client.hget(keys.session_state(sid), "open") or b"")
+    except DecodeError as e:
+        raise ConfigError(f"session {sid!r} has no usable open message ({e}); there is nothing to replay") from e
+    entries = client.xrange(keys.session_input(sid))
+    if entries and text(entries[0][0]) != input_entry_id(0):
+        raise ConfigError(
+            f"session {sid!r}: its input was trimmed as it was processed (it starts at entry {text(entries[0][0])}); "
+            "only a session whose whole input is retained can be replayed"
+        )
+    asr = opened.asr
+    writer = Producer(key_prefix=keys.prefix, shards=keys.shards, client=client).open(
+        new,
+        sample_rate=opened.sample_rate,
+        encoding=opened.encoding,
+        channels=opened.channels,
+        language=asr.get("language"),
+        model=asr.get("model"),
+        backend=asr.get("backend"),
+        min_chunk_size=asr.get("min_chunk_size"),
+        metadata={**opened.metadata, "replay_of": sid},
+        partials=opened.partials,
+        tenant=opened.tenant or None,
+        exclusive=True,
+    )
+    target = keys.session_input(new)
+    pipe = client.pipeline(transaction=False)
+    for entry_id, fields in entries:  # entry for entry: what was rejected is rejected again
+        pipe.xadd(target, fields, id=entry_id)
+    pipe.execute()
+    last = int(text(entries[-1][0]).split("-")[0]) if entries else 0
+    ends = entries and _is_end(entries[-1][1])
+    if not ends:  # it ended without an end marker (stalled, refused): end the replay after the input
+        writer.append(last, EndOfSession(seq=last, sent_at=time.time(), reason="completed").encode())
+    print(f"session {sid} replayed as {new}: {len(entries)} input entries; `streamscribe tail {new}` reads it")
+    return 0
+
+
+def _is_end(fields: dict[Any, Any]) -> bool:
+    from worker.errors import DecodeError
+    from worker.protocol.messages import decode_input
+
+    try:
+        return isinstance(decode_input(fields.get(b"m", b"")), EndOfSession)
+    except DecodeError:
+        return False
+
+
 ACTIONS = {
     "sessions": _sessions,
     "waiting": _waiting,
@@ -218,4 +318,5 @@ ACTIONS = {
     "reannounce": _reannounce,
     "purge": _purge,
     "drain": _drain,
+    "replay": _replay,
 }
