@@ -65,6 +65,7 @@ class AudioForkGateway:
         sample_rate: int = 8000,
         mix_type: str = "mono",
         language: str | None = None,
+        tenant: str | None = None,
         session_prefix: str = "",
         chunk_ms: int = 100,
         subprotocols: tuple[str, ...] = SUBPROTOCOLS,
@@ -75,6 +76,8 @@ class AudioForkGateway:
         self.sample_rate = parse_rate(sample_rate)
         self.mix_type = mix_type
         self.language = language
+        #: the sessions' tenant, for the workers' per-tenant quotas
+        self.tenant = tenant
         self.session_prefix = session_prefix
         self.chunk_ms = max(20, chunk_ms)
         self.subprotocols = subprotocols
@@ -151,6 +154,7 @@ class AudioForkGateway:
             language=str(metadata.get("language") or self.language or "") or None,
             metadata={**{k: v[:2048] for k, v in list(flat.items())[:48]}, "source": "audio_fork", "mix_type": mix},
             exclusive=True,
+            tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)
         self.stats.calls += 1

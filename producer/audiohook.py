@@ -116,6 +116,7 @@ class AudioHookGateway:
         *,
         api_keys: tuple[str, ...],
         language: str | None = None,
+        tenant: str | None = None,
         session_prefix: str = "",
         chunk_ms: int = 100,
     ) -> None:
@@ -124,6 +125,8 @@ class AudioHookGateway:
         self.producer = producer
         self.api_keys = api_keys
         self.language = language
+        #: the sessions' tenant, for the workers' per-tenant quotas
+        self.tenant = tenant
         self.session_prefix = session_prefix
         self.chunk_ms = max(20, chunk_ms)
         self.sessions: list[str] = []  # every session opened, in order (for logs and tests)
@@ -238,6 +241,7 @@ class AudioHookGateway:
             language=str(parameters.get("language") or self.language or "") or None,
             metadata=metadata,
             exclusive=True,
+            tenant=self.tenant,
         )
         self.sessions.append(state.writer.session_id)
         self.stats.calls += 1

@@ -107,6 +107,7 @@ class AudioSocketGateway:
         producer: AsyncProducer,
         *,
         language: str | None = None,
+        tenant: str | None = None,
         session_prefix: str = "",
         chunk_ms: int = 100,
         max_connections: int = 1000,
@@ -114,6 +115,8 @@ class AudioSocketGateway:
     ) -> None:
         self.producer = producer
         self.language = language
+        #: the sessions' tenant, for the workers' per-tenant quotas
+        self.tenant = tenant
         self.session_prefix = session_prefix
         self.chunk_ms = max(20, chunk_ms)
         self.max_connections = max_connections
@@ -245,6 +248,7 @@ class AudioSocketGateway:
             language=self.language,
             metadata={"source": "audiosocket", "call_uuid": call_id},
             exclusive=True,
+            tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)
         self.stats.calls += 1

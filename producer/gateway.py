@@ -201,6 +201,7 @@ class TwilioGateway:
         producer: AsyncProducer,
         *,
         language: str | None = None,
+        tenant: str | None = None,
         session_id_from: str = "call",
         session_prefix: str = "",
         frames_per_chunk: int = 5,
@@ -219,6 +220,8 @@ class TwilioGateway:
         self.stats = GatewayStats()
         self.producer = producer
         self.language = language
+        #: the sessions' tenant, for the workers' per-tenant quotas
+        self.tenant = tenant
         self.session_id_from = session_id_from
         self.session_prefix = session_prefix
         self.frames_per_chunk = max(1, frames_per_chunk)
@@ -326,6 +329,7 @@ class TwilioGateway:
             language=params.get("language", self.language),
             metadata=metadata,
             exclusive=True,
+            tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)
         self.stats.calls += 1

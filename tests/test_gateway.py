@@ -34,7 +34,7 @@ from tests.client_helpers import (
 from worker.asr.audio import decode_file, resample
 from worker.backends.synthetic import encode_words, expected_words, random_words
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionEnded, SessionStarted
+from worker.protocol.messages import SegmentEvent, SessionEnded, SessionOpen, SessionStarted
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,8 +151,10 @@ def assert_oracle(events: list, channel: int, words: list[str], lead: float = 0.
 
 def test_a_two_track_call_becomes_a_stereo_session_with_one_transcript_per_channel(redis_url):
     first = [start("CA-two-tracks", "MZ1", ["inbound", "outbound"], agent="a-17", language="en")]
-    gateway = asyncio.run(through_gateway(redis_url, [(first, messy_two_track_call("MZ1"), True)]))
+    gateway = asyncio.run(through_gateway(redis_url, [(first, messy_two_track_call("MZ1"), True)], tenant="acme"))
     assert gateway.sessions == ["CA-two-tracks"]
+    stored = raw_client(redis_url).hget(Keyspace().session_state("CA-two-tracks"), "open")
+    assert SessionOpen.decode(stored).tenant == "acme", "the gateway's --tenant reaches the open message"
     assert gateway.dropped_frames == 1 and gateway.filled_frames > 25  # the repeat; the skipped outbound frames
     run_worker(synthetic_settings(redis_url))
 

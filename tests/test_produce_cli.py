@@ -67,7 +67,7 @@ def test_produce_streams_several_files_at_once_and_prints_each_session_id(redis_
     same = encode_words(WORDS_B, 44100)
     flac = write_flac(tmp_path / "b.flac", np.stack([same, same], axis=1), 44100)  # stereo, downmixed
 
-    assert main(["produce", str(wav), str(flac), "--redis-url", redis_url, "--language", "en"]) == 0
+    assert main(["produce", str(wav), str(flac), "--redis-url", redis_url, "--language", "en", "--tenant", "acme"]) == 0
     out, err = capsys.readouterr()
     ids = out.split()
     assert len(ids) == 2 and len(set(ids)) == 2
@@ -75,6 +75,7 @@ def test_produce_streams_several_files_at_once_and_prints_each_session_id(redis_
 
     opened = [session_open(redis_url, sid) for sid in ids]
     assert [o.metadata["source"] for o in opened] == ["a.wav", "b.flac"]
+    assert [o.tenant for o in opened] == ["acme", "acme"]
     assert all(o.channels == 1 and o.sample_rate == 16000 and o.asr == {"language": "en"} for o in opened)
     assert [len(c.payload) for c in chunks(redis_url, ids[0])][:-1] == [3200] * (len(chunks(redis_url, ids[0])) - 1)
     run_worker(synthetic_settings(redis_url))
@@ -119,6 +120,7 @@ def test_produce_refuses_bad_arguments_with_one_clear_line(redis_url, tmp_path, 
         (["--encoding", "mulaw", "--sample-rate", "16000", str(wav)], "mulaw audio is 8000 Hz"),
         ([str(tmp_path / "missing.wav")], "audio file not found"),
         (["--metadata", "novalue", str(wav)], "KEY=VALUE"),
+        (["--tenant", "acme corp", str(wav)], "tenant 'acme corp'"),
     ]
     for extra, message in cases:
         assert main(["produce", "--redis-url", redis_url, *extra]) == 2

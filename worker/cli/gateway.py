@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, help="default 8765 (WebSocket), 9092 (audiosocket); 0 picks a free port")
     p.add_argument("--language", help="the sessions' language (a 'language' custom parameter overrides it)")
+    p.add_argument("--tenant", help="the sessions' tenant, for the workers' per-tenant quotas")
     p.add_argument("--session-id-from", choices=["call", "stream"], default="call", help="twilio: callSid or streamSid")
     p.add_argument("--session-prefix", default="", help="put before every session id")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per chunk written (a multiple of 20 ms)")
@@ -170,6 +171,7 @@ def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
             AudioSocketGateway(
                 producer,
                 language=args.language,
+                tenant=args.tenant,
                 session_prefix=args.session_prefix,
                 chunk_ms=args.chunk_ms,
                 max_connections=args.max_connections,
@@ -183,6 +185,7 @@ def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
             producer,
             api_keys=tuple(args.api_key),
             language=args.language,
+            tenant=args.tenant,
             session_prefix=args.session_prefix,
             chunk_ms=args.chunk_ms,
         )
@@ -194,6 +197,7 @@ def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
             sample_rate=args.sample_rate,
             mix_type=args.mix_type,
             language=args.language,
+            tenant=args.tenant,
             session_prefix=args.session_prefix,
             chunk_ms=args.chunk_ms,
         )
@@ -203,6 +207,7 @@ def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
         gateway = TwilioGateway(
             producer,
             language=args.language,
+            tenant=args.tenant,
             session_id_from=args.session_id_from,
             session_prefix=args.session_prefix,
             frames_per_chunk=args.chunk_ms // FRAME_MS,
