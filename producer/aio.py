@@ -25,11 +25,12 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
-    check_exclusive,
     check_open_status,
     is_repeat,
+    new_resume_token,
     same_entry,
     to_payload,
+    token_digest,
 )
 from worker.protocol.connection import TLSFiles, text
 from worker.protocol.keys import Keyspace
@@ -109,13 +110,10 @@ class AsyncProducer:
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
         partials: bool = True,
-        exclusive: bool = False,
         tenant: str | None = None,
+        resume_token: str | None = None,
     ) -> AsyncSessionWriter:
-        """Create the session and announce it; an existing session continues its numbering.
-
-        With ``exclusive``, an existing live session is refused (see :meth:`Producer.open`).
-        """
+        """Create the session and announce it; ``resume_token`` resumes one (see :meth:`Producer.open`)."""
         opened = build_open(
             session_id,
             sample_rate=sample_rate,
@@ -130,22 +128,19 @@ class AsyncProducer:
             tenant=tenant,
         )
         sid = opened.session_id
-        state = self.keys.session_state(sid)
-        status, announced = await self.retry(
-            lambda: self._script("open_session", [state], [opened.encode(), int(time.time() * 1000)])
-        )
+        token = resume_token or new_resume_token()
+        key = self.keys.session_open(sid)
+        args = [opened.encode(), int(time.time() * 1000), token_digest(token)]
+        status, announced = await self.retry(lambda: self._script("open_session", [key], args))
         check_open_status(sid, text(status))
-        if exclusive and text(status) == "exists":
-            stored = await self.retry(lambda: self.client.hget(state, "open"))
-            check_exclusive(sid, stored, opened.encode())
-        if text(status) == "exists" and text(announced) == "1":
-            log.info("session %s exists and is announced already", sid)
+        if text(announced) == "1":
+            log.info("session %s resumed; it is announced already", sid)
         else:
             announcements = self.keys.announcements(self.keys.shard_of(sid))
             await self.retry(lambda: self.client.xadd(announcements, {"session": sid}))
-            await self.retry(lambda: self.client.hset(state, "announced", "1"))
-        writer = AsyncSessionWriter(self, opened)
-        if text(status) == "exists":
+            await self.retry(lambda: self.client.hset(key, "announced", "1"))
+        writer = AsyncSessionWriter(self, opened, token)
+        if text(status) == "resumed":
             last = await self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
             writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
         return writer
@@ -184,9 +179,11 @@ class AsyncSessionWriter:
     """Pushes one session's audio in order. Not for concurrent ``send`` calls on one writer:
     the order of chunks is the order of the awaited sends."""
 
-    def __init__(self, producer: AsyncProducer, opened: SessionOpen) -> None:
+    def __init__(self, producer: AsyncProducer, opened: SessionOpen, resume_token: str) -> None:
         self.producer = producer
         self.opened = opened
+        #: the session's secret: ``AsyncProducer.open(session_id, resume_token=...)`` resumes it
+        self.resume_token = resume_token
         self.session_id = opened.session_id
         self.seq = 0
         self.closed = False

@@ -153,7 +153,6 @@ class AudioForkGateway:
             channels=channels,
             language=str(metadata.get("language") or self.language or "") or None,
             metadata={**{k: v[:2048] for k, v in list(flat.items())[:48]}, "source": "audio_fork", "mix_type": mix},
-            exclusive=True,
             tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)

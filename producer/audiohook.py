@@ -240,7 +240,6 @@ class AudioHookGateway:
             channels=state.channels,
             language=str(parameters.get("language") or self.language or "") or None,
             metadata=metadata,
-            exclusive=True,
             tenant=self.tenant,
         )
         self.sessions.append(state.writer.session_id)

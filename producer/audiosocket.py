@@ -247,7 +247,6 @@ class AudioSocketGateway:
             channels=1,
             language=self.language,
             metadata={"source": "audiosocket", "call_uuid": call_id},
-            exclusive=True,
             tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)

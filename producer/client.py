@@ -19,11 +19,12 @@ from producer.common import (
     ConnectionOptions,
     backoff_delays,
     build_open,
-    check_exclusive,
     check_open_status,
     is_repeat,
+    new_resume_token,
     same_entry,
     to_payload,
+    token_digest,
 )
 from worker.protocol.connection import TLSFiles, connect, text
 from worker.protocol.keys import Keyspace
@@ -77,15 +78,16 @@ class Producer:
         min_chunk_size: float | None = None,
         metadata: dict[str, str] | None = None,
         partials: bool = True,
-        exclusive: bool = False,
         tenant: str | None = None,
+        resume_token: str | None = None,
     ) -> SessionWriter:
         """Create the session and announce it to the workers; returns its writer.
 
-        Opening an existing session (a restarted producer) continues its chunk numbering. With
-        ``exclusive`` an existing live session is refused (:class:`SessionExistsError`) unless it
-        was this very open's earlier attempt: gateways open each call exclusively, so a second
-        stream that names a live call reaches no session.
+        The writer's ``resume_token`` is the session's secret: a restarted producer passes it as
+        ``resume_token`` to resume the session, and its chunk numbering continues where the input
+        stream ends. Anyone else's open of a live id is refused (:class:`SessionExistsError`), an
+        ended one's too (:class:`SessionEndedError`), so a second stream that names a live call
+        reaches no session.
         """
         opened = build_open(
             session_id,
@@ -101,22 +103,19 @@ class Producer:
             tenant=tenant,
         )
         sid = opened.session_id
-        state = self.keys.session_state(sid)
-        status, announced = self.retry(
-            lambda: self.scripts.call(self.client, "open_session", [state], [opened.encode(), int(time.time() * 1000)])
-        )
+        token = resume_token or new_resume_token()
+        key = self.keys.session_open(sid)
+        args = [opened.encode(), int(time.time() * 1000), token_digest(token)]
+        status, announced = self.retry(lambda: self.scripts.call(self.client, "open_session", [key], args))
         check_open_status(sid, text(status))
-        if exclusive and text(status) == "exists":
-            stored = self.retry(lambda: self.client.hget(state, "open"))
-            check_exclusive(sid, stored, opened.encode())
-        if text(status) == "exists" and text(announced) == "1":
-            log.info("session %s exists and is announced already", sid)
+        if text(announced) == "1":
+            log.info("session %s resumed; it is announced already", sid)
         else:
             shard = self.keys.shard_of(sid)
             self.retry(lambda: self.client.xadd(self.keys.announcements(shard), {"session": sid}))
-            self.retry(lambda: self.client.hset(state, "announced", "1"))
-        writer = SessionWriter(self, opened)
-        if text(status) == "exists":
+            self.retry(lambda: self.client.hset(key, "announced", "1"))
+        writer = SessionWriter(self, opened, token)
+        if text(status) == "resumed":
             # a restarted producer continues the numbering where the stream ends
             last = self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
             writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
@@ -147,9 +146,11 @@ class Producer:
 class SessionWriter:
     """Pushes one session's audio in order; ``seq`` numbers make every retry idempotent."""
 
-    def __init__(self, producer: Producer, opened: SessionOpen) -> None:
+    def __init__(self, producer: Producer, opened: SessionOpen, resume_token: str) -> None:
         self.producer = producer
         self.opened = opened
+        #: the session's secret: ``Producer.open(session_id, resume_token=...)`` resumes it
+        self.resume_token = resume_token
         self.session_id = opened.session_id
         self.seq = 0
         self.closed = False

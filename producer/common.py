@@ -7,7 +7,9 @@ arguments into it, so both clients write byte-identical messages.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -167,21 +169,27 @@ def tls_from_args(args: argparse.Namespace) -> TLSFiles:
     return TLSFiles.resolve(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
 
 
-def check_exclusive(session_id: str, stored_open: bytes | None, ours: bytes) -> None:
-    """An exclusive open of an existing session: only our own earlier attempt (a retry) may have made it."""
-    if stored_open != ours:
-        raise SessionExistsError(
-            f"session id {session_id!r} is a live session another producer opened; a second stream of the "
-            "same call is refused (its audio would mix into the first)"
-        )
+def new_resume_token() -> str:
+    """A secret that lets the producer that opened a session, and only it, resume it later."""
+    return secrets.token_urlsafe(24)
+
+
+def token_digest(token: str) -> str:
+    """What the open key keeps of a resume token: other producers may read the key, not the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_open_status(session_id: str, status: str) -> None:
-    """Refuse to reopen an ended session: its audio would never be processed."""
+    """Refuse to reopen an ended session, or one that another producer opened and holds."""
     if status == "ended":
         raise SessionEndedError(
             f"session id {session_id!r} belongs to a session that already ended (kept for its retention); "
             "open the new call under a new id"
+        )
+    if status == "taken":
+        raise SessionExistsError(
+            f"session id {session_id!r} is a live session another producer opened; a restarted producer resumes "
+            "it with the resume_token of its first open, anyone else is refused (its audio would mix into the call)"
         )
 
 

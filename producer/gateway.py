@@ -328,7 +328,6 @@ class TwilioGateway:
             channels=len(tracks),
             language=params.get("language", self.language),
             metadata=metadata,
-            exclusive=True,
             tenant=self.tenant,
         )
         self.sessions.append(writer.session_id)

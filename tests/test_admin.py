@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from producer.client import Producer
+from producer.client import Producer, SessionWriter
 from tests.test_worker_inputs import CHUNK, CraftedStream, chunk_message
 from tests.worker_helpers import (
     KEYS,
@@ -35,12 +35,13 @@ def admin(capsys: pytest.CaptureFixture, url: str, *args: str) -> tuple[int, str
     return code, out.out, out.err
 
 
-def live_session(url: str, sid: str) -> None:
+def live_session(url: str, sid: str) -> SessionWriter:
     """A session whose producer sent all its audio but no end marker yet."""
     writer = Producer(url).open(sid)
     audio = encode_words(WORDS, 16000)
     for k in range(0, audio.shape[0], 1600):
         writer.send(audio[k : k + 1600])
+    return writer
 
 
 def test_sessions_lists_every_session_with_its_status_owner_and_epoch(redis_url, capsys):
@@ -70,7 +71,7 @@ def test_end_makes_the_owner_commit_the_tail_and_end_the_session(redis_url, caps
 
 def test_an_orphan_whose_lease_entry_was_lost_is_reannounced_and_finished_exactly_once(redis_url, capsys):
     client = client_for(redis_url)
-    live_session(redis_url, "orphan")
+    producer = live_session(redis_url, "orphan")
     first = Worker(synthetic_settings(redis_url, worker_id="first", lease_ttl_sec=60))
     first.start()
     first.run_iteration()
@@ -84,7 +85,7 @@ def test_an_orphan_whose_lease_entry_was_lost_is_reannounced_and_finished_exactl
     client.xack(stream, WORKER_GROUP, entry)
     client.xdel(stream, entry)
     first._keeper.stop()
-    Producer(redis_url).open("orphan").close()  # the producer ends the call; nothing would take it
+    producer.close()  # the producer ends the call; nothing would take it
     assert admin(capsys, redis_url, "reannounce", "orphan")[0] == 0
     Worker(synthetic_settings(redis_url, worker_id="second")).run(burst=True)
     events = session_events(client, "orphan")
@@ -95,10 +96,10 @@ def test_an_orphan_whose_lease_entry_was_lost_is_reannounced_and_finished_exactl
 
 def test_purge_refuses_a_live_session_and_deletes_every_key_of_an_ended_one(redis_url, capsys):
     client = client_for(redis_url)
-    live_session(redis_url, "erase-me")
+    producer = live_session(redis_url, "erase-me")
     code, _out, err = admin(capsys, redis_url, "purge", "erase-me")
     assert code == 2 and "--force" in err
-    Producer(redis_url).open("erase-me").close()
+    producer.close()
     Worker(synthetic_settings(redis_url)).run(burst=True)
     assert admin(capsys, redis_url, "purge", "erase-me")[0] == 0
     assert not [k for k in client.scan_iter(match="streamscribe:{erase-me}:*")]

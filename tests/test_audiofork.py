@@ -73,7 +73,7 @@ def run_calls(redis_url: str, calls: list[tuple[str, list[bytes], dict]], **opti
 
 
 def opened(url: str, sid: str) -> SessionOpen:
-    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_state(sid), "open"))
+    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_open(sid), "open"))
 
 
 def channel_words(events: list, channel: int) -> list[str]:

@@ -134,7 +134,7 @@ def test_an_audiohook_session_is_a_stereo_session_with_the_customer_on_channel_0
     assert opened["type"] == "opened" and opened["parameters"]["media"] == STEREO
     assert pong["type"] == "pong" and closed["type"] == "closed"
     assert gateway.sessions == [session]
-    open_message = SessionOpen.decode(raw_client(redis_url).hget(Keyspace().session_state(session), "open"))
+    open_message = SessionOpen.decode(raw_client(redis_url).hget(Keyspace().session_open(session), "open"))
     assert (open_message.encoding, open_message.sample_rate, open_message.channels) == ("mulaw", 8000, 2)
     assert open_message.metadata["conversation_id"] == "090eaa2f-72fa-480a-83e0-8667ff89c0ec"
     assert open_message.metadata["channel_0"] == "external" and open_message.asr["language"] == "en"

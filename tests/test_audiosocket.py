@@ -80,7 +80,7 @@ def words_of(events: list) -> list[str]:
 
 
 def session_open(url: str, sid: str) -> SessionOpen:
-    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_state(sid), "open"))
+    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_open(sid), "open"))
 
 
 def test_a_call_is_one_session_named_after_its_uuid_and_a_hangup_completes_it(redis_url):

@@ -185,7 +185,7 @@ def test_producer_modules_import_only_the_protocol_of_the_worker_package():
 def session_input(url: str, sid: str) -> tuple[SessionOpen, bytes, EndOfSession | None]:
     client = raw_client(url)
     keys = Keyspace()
-    opened = SessionOpen.decode(client.hget(keys.session_state(sid), "open"))
+    opened = SessionOpen.decode(client.hget(keys.session_open(sid), "open"))
     payload, end = b"", None
     for _id, fields in client.xrange(keys.session_input(sid)):
         message = decode_input(fields[b"m"])

@@ -153,7 +153,7 @@ def test_a_two_track_call_becomes_a_stereo_session_with_one_transcript_per_chann
     first = [start("CA-two-tracks", "MZ1", ["inbound", "outbound"], agent="a-17", language="en")]
     gateway = asyncio.run(through_gateway(redis_url, [(first, messy_two_track_call("MZ1"), True)], tenant="acme"))
     assert gateway.sessions == ["CA-two-tracks"]
-    stored = raw_client(redis_url).hget(Keyspace().session_state("CA-two-tracks"), "open")
+    stored = raw_client(redis_url).hget(Keyspace().session_open("CA-two-tracks"), "open")
     assert SessionOpen.decode(stored).tenant == "acme", "the gateway's --tenant reaches the open message"
     assert gateway.dropped_frames == 1 and gateway.filled_frames > 25  # the repeat; the skipped outbound frames
     run_worker(synthetic_settings(redis_url))

@@ -78,7 +78,7 @@ def test_only_upgrades_signed_for_the_public_url_are_accepted(redis_url):
 
     gateway = asyncio.run(main())
     assert gateway.stats.refused_auth == 3 and gateway.sessions == ["CA-signed", "CA-port"]
-    assert not raw_client(redis_url).exists(Keyspace().session_state("CA-forged"))
+    assert not raw_client(redis_url).exists(Keyspace().session_open("CA-forged"))
 
 
 def test_a_second_stream_of_a_live_call_is_refused_and_its_audio_reaches_no_session(redis_url):

@@ -54,7 +54,7 @@ def write_flac(path: Path, audio: np.ndarray, rate: int) -> Path:
 
 
 def session_open(url: str, sid: str) -> SessionOpen:
-    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_state(sid), "open"))
+    return SessionOpen.decode(raw_client(url).hget(Keyspace().session_open(sid), "open"))
 
 
 def chunks(url: str, sid: str) -> list[AudioChunk]:

@@ -33,6 +33,7 @@ from tests.client_helpers import (
 )
 from worker.asr.audio import decode_file, resample
 from worker.backends.synthetic import encode_words, expected_words, random_words
+from worker.errors import SessionExistsError
 from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, decode_input
@@ -148,7 +149,7 @@ def test_the_async_producer_writes_exactly_what_the_sync_producer_writes(redis_u
     ]
     client = raw_client(redis_url)
     keys = Keyspace()
-    opened = [SessionOpen.decode(client.hget(keys.session_state(s), "open")) for s in ("sync", "async")]
+    opened = [SessionOpen.decode(client.hget(keys.session_open(s), "open")) for s in ("sync", "async")]
     assert opened[0].metadata == opened[1].metadata == meta and opened[1].encoding == "mulaw"
     run_worker(synthetic_settings(redis_url))
     for sid in ("sync", "async"):
@@ -185,7 +186,7 @@ def test_the_async_producer_streams_concurrent_calls_on_a_redis_cluster(cluster_
         frames = frames_of(synthetic_stereo(*words, 8000), 8000)
         entries = input_entries(cluster_url, sid)
         assert [m.seq for _i, m in entries] == list(range(len(frames) + 1)) and entries[-1][1].TYPE == "end"
-        assert SessionOpen.decode(client.hget(keys.session_state(sid), "open")).encoding == "alaw"
+        assert SessionOpen.decode(client.hget(keys.session_open(sid), "open")).encoding == "alaw"
     client.close()
 
 
@@ -314,21 +315,26 @@ def test_connections_cut_mid_stream_lose_and_duplicate_nothing(redis_url, flavou
     assert channel_words(events, 0) == WORDS_0 and channel_words(events, 1) == WORDS_1
 
 
-def test_a_restarted_async_producer_continues_the_numbering_of_its_session(valkey_url):
+def test_a_restarted_async_producer_resumes_its_session_with_its_token_and_no_one_else_can(valkey_url):
     frames = frames_of(encode_words(WORDS_0, 8000), 8000)
     half = len(frames) // 2
 
-    async def produce(part: list[np.ndarray], close: bool) -> None:
+    async def produce(part: list[np.ndarray], close: bool, token: str | None = None) -> str:
         producer = await AsyncProducer.connect(valkey_url)
-        writer = await producer.open("resumed", sample_rate=8000, encoding="mulaw")
+        writer = await producer.open("resumed", sample_rate=8000, encoding="mulaw", resume_token=token)
         for frame in part:
             await writer.send(frame)
         if close:
             await writer.close()
         await producer.aclose()
+        return writer.resume_token
 
-    asyncio.run(produce(frames[:half], close=False))
-    asyncio.run(produce(frames[half:], close=True))  # a new process, the same session
+    token = asyncio.run(produce(frames[:half], close=False))
+    with pytest.raises(SessionExistsError, match="another producer opened"):
+        asyncio.run(produce(frames[half:], close=True))  # anyone without the token
+    with pytest.raises(SessionExistsError):
+        asyncio.run(produce(frames[half:], close=True, token="a-guess"))
+    asyncio.run(produce(frames[half:], close=True, token=token))  # a new process, the same session
     entries = input_entries(valkey_url, "resumed")
     assert [m.seq for _i, m in entries] == list(range(len(frames) + 1))
     announced = raw_client(valkey_url).xlen(Keyspace().announcements(Keyspace().shard_of("resumed")))

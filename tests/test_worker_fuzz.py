@@ -140,7 +140,7 @@ def bogus_announcements(client: Any) -> list[dict[str, Any]]:
 
 
 def open_and_announce(client: Any, scripts: Scripts, sid: str, blob: bytes) -> None:
-    scripts.call(client, "open_session", [KEYS.session_state(sid)], [blob, int(time.time() * 1000)])
+    scripts.call(client, "open_session", [KEYS.session_open(sid)], [blob, int(time.time() * 1000), "no-token"])
     client.xadd(KEYS.announcements(KEYS.shard_of(sid)), {"session": sid})
 
 

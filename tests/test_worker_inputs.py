@@ -68,7 +68,7 @@ class CraftedStream:
 
 def announce_raw_open(client: Any, sid: str, blob: bytes) -> None:
     """What a producer does to open a session, with any bytes as its open message."""
-    Scripts().call(client, "open_session", [KEYS.session_state(sid)], [blob, int(time.time() * 1000)])
+    Scripts().call(client, "open_session", [KEYS.session_open(sid)], [blob, int(time.time() * 1000), "no-token"])
     client.xadd(KEYS.announcements(KEYS.shard_of(sid)), {"session": sid})
 
 

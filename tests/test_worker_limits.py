@@ -52,7 +52,7 @@ def test_a_session_past_the_maximum_duration_ends_whatever_it_sends(redis_url):
     client = client_for(redis_url)
     writer = Producer(redis_url).open("dripping")
     writer.send(encode_words(WORDS[:2], 16000))  # a producer that sends a little and never ends
-    client.hset(KEYS.session_state("dripping"), "created_ms", int(time.time() * 1000) - 10_000)
+    client.hset(KEYS.session_open("dripping"), "created_ms", int(time.time() * 1000) - 10_000)
     observer = PrometheusObserver()
     Worker(synthetic_settings(redis_url, max_session_sec=5.0), observer=observer).run(burst=True, max_seconds=30)
     events = session_events(client, "dripping")

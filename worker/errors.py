@@ -65,4 +65,4 @@ class SessionEndedError(StreamscribeError):
 
 
 class SessionExistsError(StreamscribeError):
-    """An exclusive open found the session id taken by a live session that another producer opened."""
+    """An open found the session id taken by a live session that another producer opened (no resume token)."""

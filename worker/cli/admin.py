@@ -80,24 +80,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sessions(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
-    now_ms = time.time() * 1000
-    pattern = f"{keys.prefix}:{{*}}:state"
-    rows = []
-    from worker.runtime.reconcile import session_name
+    from worker.runtime.reconcile import retained_sessions
 
-    for key in sorted(
-        k if isinstance(k, bytes) else str(k).encode() for k in client.scan_iter(match=pattern, count=1000)
-    ):
-        sid = session_name(key[len(keys.prefix) + 2 : -len("}:state")])
-        if sid is None:
-            continue  # a key whose name is no session id: not written by a producer of ours
-        values = dict(
-            zip(
-                STATE_FIELDS,
-                (text(v) if v is not None else None for v in client.hmget(key, *STATE_FIELDS)),
-                strict=True,
-            )
-        )
+    now_ms = time.time() * 1000
+    rows = []
+    for sid in retained_sessions(client, keys):
+        values = _state(client, keys, sid)
+        values = {name: values.get(name) for name in STATE_FIELDS}
+        values["status"] = values["status"] or "open"  # opened, not taken by any worker yet
         created = float(values["created_ms"] or now_ms)
         entries, seconds = (0, 0.0) if values["status"] == "ended" else _backlog(client, keys, sid)
         rows.append(
@@ -140,7 +130,8 @@ def _backlog(client: Any, keys: Keyspace, sid: str) -> tuple[int, float]:
     from worker.protocol.pcm import BYTES_PER_SAMPLE
     from worker.runtime.checkpoint import Checkpoint
 
-    blob, checkpoint = client.hmget(keys.session_state(sid), "open", "checkpoint")
+    blob = client.hget(keys.session_open(sid), "open")
+    checkpoint = client.hget(keys.session_state(sid), "checkpoint")
     try:
         opened = SessionOpen.decode(blob or b"")
         after = Checkpoint.decode(checkpoint).in_pos if checkpoint else "0-0"
@@ -188,10 +179,12 @@ def _dead_letters(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
 
 
 def _state(client: Any, keys: Keyspace, sid: str) -> dict[str, str]:
-    raw = client.hgetall(keys.session_state(sid))
-    if not raw:
+    """The session's open key (created_ms, announced) and the workers' state over it, without blobs."""
+    opened, state = client.hgetall(keys.session_open(sid)), client.hgetall(keys.session_state(sid))
+    if not opened and not state:
         raise ConfigError(f"no session {sid!r} (never opened, or its retention passed)")
-    return {text(k): text(v) for k, v in raw.items() if k != b"checkpoint" and k != b"open"}
+    hidden = (b"checkpoint", b"open", b"token")
+    return {text(k): text(v) for raw in (opened, state) for k, v in raw.items() if k not in hidden}
 
 
 def _end(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
@@ -263,7 +256,7 @@ def _replay(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
     if status != "ended":
         raise ConfigError(f"session {sid!r} is {status or 'open'}; only an ended session is replayed")
     try:
-        opened = SessionOpen.decode(client.hget(keys.session_state(sid), "open") or b"")
+        opened = SessionOpen.decode(client.hget(keys.session_open(sid), "open") or b"")
     except DecodeError as e:
         raise ConfigError(f"session {sid!r} has no usable open message ({e}); there is nothing to replay") from e
     entries = client.xrange(keys.session_input(sid))
@@ -285,7 +278,6 @@ def _replay(client: Any, keys: Keyspace, args: argparse.Namespace) -> int:
         metadata={**opened.metadata, "replay_of": sid},
         partials=opened.partials,
         tenant=opened.tenant or None,
-        exclusive=True,
     )
     target = keys.session_input(new)
     pipe = client.pipeline(transaction=False)

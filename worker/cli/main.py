@@ -1,4 +1,4 @@
-"""``streamscribe``: subcommands simulate, worker, produce, tail, demo and gateway.
+"""``streamscribe``: subcommands simulate, worker, produce, tail, demo, gateway, admin, models and acl.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``;
 errors of streamscribe exit non-zero with one clear line.
@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str | None] = {
     "gateway": "gateway",
     "admin": None,
     "models": None,
+    "acl": None,
 }
 #: Help of the subcommands that live in every install, shown also when their module is missing.
 _HELP = {"simulate": "one file through a processor", "worker": "run a transcription worker", "demo": "a live demo"}

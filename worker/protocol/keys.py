@@ -56,8 +56,19 @@ class Keyspace:
         """Capped stream of the session's ``partial`` events: interim text, outside the exactly-once record."""
         return f"{self.prefix}:{{{sid}}}:partials"
 
+    def session_open(self, sid: str) -> str:
+        """Hash, the producer's: open message, created_ms, announced, the resume token's SHA-256.
+
+        The only session key besides the input that producers write (``open_session.lua``); the
+        owner adds ``ended`` when the session ends, so a producer that reopens the id learns it.
+        """
+        return f"{self.prefix}:{{{sid}}}:open"
+
     def session_state(self, sid: str) -> str:
-        """Hash: open message, epoch, owner, processor snapshot, input and output positions."""
+        """Hash, the workers': status, epoch, owner, processor snapshot, input and output positions.
+
+        Created by the first ``acquire.lua`` from the session's open key; producers never write it.
+        """
         return f"{self.prefix}:{{{sid}}}:state"
 
     def session_dead_letters(self, sid: str) -> str:
@@ -65,12 +76,13 @@ class Keyspace:
         return f"{self.prefix}:{{{sid}}}:dlq"
 
     def session_keys(self, sid: str) -> list[str]:
-        """Every key of one session, in the KEYS order of ``commit.lua``."""
+        """Every key of one session but its partials, in the KEYS order of ``commit.lua``."""
         return [
             self.session_state(sid),
             self.session_input(sid),
             self.session_output(sid),
             self.session_dead_letters(sid),
+            self.session_open(sid),
         ]
 
     # -- global, sharded ------------------------------------------------------------------------

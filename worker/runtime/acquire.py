@@ -52,7 +52,7 @@ class SessionFactory:
         the session then ends it with the reason, and needs no model.
         """
         try:
-            opened = SessionOpen.decode(self.client.hget(self.keys.session_state(sid), "open") or b"")
+            opened = SessionOpen.decode(self.client.hget(self.keys.session_open(sid), "open") or b"")
             self._check_allowed(opened)
             return self.session_config(opened)
         except Exception:  # whatever is wrong, acquire() finds it again and ends the session with it
@@ -62,12 +62,15 @@ class SessionFactory:
         """Take the claimed session; ``load_error``: its model failed to load, so it ends with that."""
         try:
             reply = self.scripts.call(
-                self.client, "acquire", [self.keys.session_state(sid)], [self.settings.worker_id, entry_id, now_ms]
+                self.client,
+                "acquire",
+                [self.keys.session_state(sid), self.keys.session_open(sid)],
+                [self.settings.worker_id, entry_id, now_ms],
             )
         except ResponseError as e:
             if "WRONGTYPE" not in str(e):
                 raise
-            log.error("session %s: its state key is not a hash (%s); it cannot be served", sid, e)
+            log.error("session %s: its state or open key is not a hash (%s); it cannot be served", sid, e)
             return Acquired("unusable")
         status = text(reply[0])
         if status != "ok":
@@ -80,8 +83,7 @@ class SessionFactory:
             return Acquired("ok", self._quarantined(lease, open_blob, checkpoint, out_seq, attempts), epoch > 1)
         session = self._build(lease, open_blob, load_error)
         session.out_seq = out_seq
-        created_ms = self.client.hget(self.keys.session_state(sid), "created_ms")
-        session.deadline = _deadline(created_ms, now_ms, self.settings.max_session_sec)
+        session.deadline = _deadline(reply[7], now_ms, self.settings.max_session_sec)
         if session.dirty:  # it ends at once (a refused open, a backend that cannot load)
             _carry_over(session, checkpoint)
             session.started_event()

@@ -8,7 +8,7 @@ sessions and announces each again; the worker that takes it restores its last ch
 the exactly-once record stays intact. ``streamscribe admin reannounce`` does the same for one
 session, on demand.
 
-The pass reads every retained session's state (SCAN, pipelined HMGET) and every announcement
+The pass reads every retained session's open key and state (SCAN, pipelined HMGET) and every announcement
 stream (each holds one entry per live session), so its cost grows with the sessions retained;
 the lock makes it once per interval for the whole fleet, not once per worker.
 """
@@ -62,24 +62,33 @@ class Orphan:
     mark: str  # its reannounced_ms, '' when never re-announced
 
 
-def orphans(client: Any, keys: Keyspace) -> list[Orphan]:
-    """Every open, announced session that no announcement entry names."""
-    announced = named_in_announcements(client, keys, keys.all_shards())
-    prefix, suffix = f"{keys.prefix}:{{".encode(), b"}:state"
-    state_keys: list[tuple[str, bytes]] = []
-    for raw in client.scan_iter(match=f"{keys.prefix}:{{*}}:state", count=1000):
+def retained_sessions(client: Any, keys: Keyspace) -> list[str]:
+    """Every session whose open key is still in Redis (open, or ended and kept for retention), sorted."""
+    prefix, suffix = f"{keys.prefix}:{{".encode(), b"}:open"
+    found: set[str] = set()
+    for raw in client.scan_iter(match=f"{keys.prefix}:{{*}}:open", count=1000):
         key = raw if isinstance(raw, bytes) else str(raw).encode()
         sid = session_name(key[len(prefix) : -len(suffix)])
         if sid is not None:
-            state_keys.append((sid, key))
+            found.add(sid)
+    return sorted(found)
+
+
+def orphans(client: Any, keys: Keyspace) -> list[Orphan]:
+    """Every open, announced session that no announcement entry names."""
+    announced = named_in_announcements(client, keys, keys.all_shards())
+    sessions = retained_sessions(client, keys)
     found: list[Orphan] = []
-    for start in range(0, len(state_keys), BATCH):
-        batch = state_keys[start : start + BATCH]
+    for start in range(0, len(sessions), BATCH):
+        batch = sessions[start : start + BATCH]
         pipe = client.pipeline(transaction=False)
-        for _sid, key in batch:
-            pipe.hmget(key, "status", "announced", "lease_entry", "reannounced_ms")
-        for (sid, _key), (status, flag, lease, mark) in zip(batch, pipe.execute(), strict=True):
-            if text(status or b"") == "open" and text(flag or b"") == "1" and sid not in announced:
+        for sid in batch:
+            pipe.hmget(keys.session_open(sid), "announced", "ended")
+            pipe.hmget(keys.session_state(sid), "status", "lease_entry", "reannounced_ms")
+        replies = pipe.execute()
+        for sid, (flag, ended), (status, lease, mark) in zip(batch, replies[0::2], replies[1::2], strict=True):
+            live = text(ended or b"") != "1" and text(status or b"") != "ended"
+            if live and text(flag or b"") == "1" and sid not in announced:
                 found.append(Orphan(sid, text(lease or b""), text(mark or b"")))
     return found
 
@@ -88,7 +97,8 @@ def reannounce(client: Any, keys: Keyspace, scripts: Scripts, orphan: Orphan) ->
     """Announce the session again if it is still the orphan that was found; the new entry's id, or None."""
     sid, lost_lease = orphan.session, orphan.lease
     now_ms = int(time.time() * 1000)
-    if not scripts.call(client, "reannounce", [keys.session_state(sid)], [lost_lease, now_ms, orphan.mark]):
+    session_keys = [keys.session_state(sid), keys.session_open(sid)]
+    if not scripts.call(client, "reannounce", session_keys, [lost_lease, now_ms, orphan.mark]):
         return None
     entry = text(client.xadd(keys.announcements(keys.shard_of(sid)), {"session": sid}))
     log.warning(

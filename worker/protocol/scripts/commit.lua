@@ -4,6 +4,7 @@
 -- KEYS[2]  P:{sid}:in      input stream, trimmed up to what the processor still needs
 -- KEYS[3]  P:{sid}:out     output events
 -- KEYS[4]  P:{sid}:dlq     dead letters of this session
+-- KEYS[5]  P:{sid}:open    the producer's open key: marked 'ended' when the session ends
 -- ARGV[1]  the caller's epoch (fencing token)
 -- ARGV[2]  out_seq the caller expects (next record number before this commit)
 -- ARGV[3]  checkpoint (msgpack: processor snapshots, input position, trim point), or "" to keep
@@ -40,6 +41,12 @@ for k = 2, 4 do
     end
   end
 end
+if ARGV[5] == '1' then
+  local kind = redis.call('TYPE', KEYS[5])['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return {'wrongtype', KEYS[5]}
+  end
+end
 local seq = tonumber(ARGV[2])
 for i = 0, n - 1 do
   local kind, rtype, payload = ARGV[10 + 3 * i], ARGV[11 + 3 * i], ARGV[12 + 3 * i]
@@ -65,8 +72,11 @@ if ARGV[4] ~= '' then
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'ended')
+  if redis.call('EXISTS', KEYS[5]) == 1 then
+    redis.call('HSET', KEYS[5], 'ended', '1')
+  end
   local ttl = tonumber(ARGV[6])
-  for k = 1, 4 do
+  for k = 1, 5 do
     redis.call('PEXPIRE', KEYS[k], ttl)
   end
 end
