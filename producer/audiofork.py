@@ -23,6 +23,8 @@ a JSON object is kept as text (``fork_metadata``) in the session's metadata.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
 import re
@@ -64,6 +66,7 @@ class AudioForkGateway:
         *,
         sample_rate: int = 8000,
         mix_type: str = "mono",
+        basic_auth: str | None = None,
         language: str | None = None,
         tenant: str | None = None,
         session_prefix: str = "",
@@ -75,6 +78,8 @@ class AudioForkGateway:
         self.producer = producer
         self.sample_rate = parse_rate(sample_rate)
         self.mix_type = mix_type
+        #: the ``Authorization: Basic`` value accepted on the upgrade; None accepts every upgrade
+        self.authorization = None if basic_auth is None else "Basic " + base64.b64encode(basic_auth.encode()).decode()
         self.language = language
         #: the sessions' tenant, for the workers' per-tenant quotas
         self.tenant = tenant
@@ -88,7 +93,27 @@ class AudioForkGateway:
         """Start listening; returns the ``websockets`` server (``close()``, ``wait_closed()``)."""
         from websockets.asyncio.server import serve
 
-        return await serve(self.handler, host, port, max_size=2**20, subprotocols=list(self.subprotocols))
+        return await serve(
+            self.handler,
+            host,
+            port,
+            max_size=2**20,
+            subprotocols=list(self.subprotocols),
+            process_request=self._authorize,
+        )
+
+    def _authorize(self, connection: Any, request: Any) -> Any:
+        """Refuse the upgrade (401) unless it carries the basic-auth credentials, when they are set."""
+        if self.authorization is None:
+            return None
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), self.authorization.encode()):
+            return None
+        self.stats.refused_auth += 1
+        log.warning("refused an audio fork from %s: no valid basic auth", connection.remote_address)
+        response = connection.respond(401, "basic auth required\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="streamscribe"'
+        return response
 
     async def handler(self, ws: Any) -> None:
         """One WebSocket: one forked call."""

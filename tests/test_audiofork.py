@@ -5,17 +5,26 @@ WebSocket; a real worker transcribes the sessions."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from producer.aio import AsyncProducer
 from producer.audiofork import AudioForkGateway, parse_rate
 from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings, synthetic_stereo
+from tests.test_audiosocket import ended_input, rss_kib, scrape
+from tests.worker_helpers import wait_for
 from worker.backends.synthetic import encode_words, random_words
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import SegmentEvent, SessionOpen
@@ -26,6 +35,7 @@ pytestmark = pytest.mark.timeout(120)
 CALLER = random_words(8, seed=71)
 CALLEE = random_words(6, seed=72)
 UUID = "7a4c3b2e-1d0f-4e5a-9b8c-0123456789ab"
+STREAMSCRIBE = str(Path(sys.executable).with_name("streamscribe"))
 
 
 def l16_frames(audio: np.ndarray, rate: int) -> list[bytes]:
@@ -48,9 +58,15 @@ async def serving(redis_url: str, **options: object) -> AsyncIterator[tuple[Audi
         await producer.aclose()
 
 
-async def fork(url: str, frames: list[bytes], *, metadata: str | None = None, abort: bool = False) -> None:
-    """One forked call: the metadata text frame (when given), the audio, then a normal close (or none)."""
-    async with ws_connect(url, subprotocols=["audio.drachtio.org"]) as ws:
+async def fork(
+    url: str, frames: list[bytes], *, metadata: str | None = None, abort: bool = False, auth: str | None = None
+) -> None:
+    """One forked call: the metadata text frame (when given), the audio, then a normal close (or none).
+
+    ``auth`` is ``USER:PASSWORD``, sent as mod_audio_fork sends MOD_AUDIO_BASIC_AUTH_USERNAME/PASSWORD.
+    """
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else None
+    async with ws_connect(url, subprotocols=["audio.drachtio.org"], additional_headers=headers) as ws:
         assert ws.subprotocol == "audio.drachtio.org"
         if metadata is not None:
             await ws.send(metadata)
@@ -142,3 +158,84 @@ def test_sampling_rates_are_read_as_mod_audio_fork_writes_them():
     for bad in ("11k", "0", "fast"):
         with pytest.raises(ValueError):
             parse_rate(bad)
+
+
+def test_with_basic_auth_only_upgrades_carrying_the_credentials_are_accepted(redis_url):
+    frames = l16_frames(encode_words(CALLER, 8000), 8000)
+
+    async def main() -> tuple[AudioForkGateway, list[int]]:
+        statuses = []
+        async with serving(redis_url, basic_auth="freeswitch:s3cret") as (gateway, url):
+            for auth in (None, "freeswitch:wrong"):
+                with pytest.raises(InvalidStatus) as refused:
+                    await fork(url + "/refused", frames, auth=auth)
+                statuses.append(refused.value.response.status_code)
+            await fork(url + "/" + UUID, frames, auth="freeswitch:s3cret")
+            await asyncio.sleep(0.2)
+        return gateway, statuses
+
+    gateway, statuses = asyncio.run(main())
+    assert statuses == [401, 401] and gateway.stats.refused_auth == 2
+    assert gateway.sessions == [UUID] and not raw_client(redis_url).exists(Keyspace().session_open("refused"))
+    run_worker(synthetic_settings(redis_url))
+    assert channel_words(output_events(redis_url, UUID), 0) == CALLER
+
+
+def test_the_audio_fork_and_audiosocket_gateways_refuse_to_start_unauthenticated_unless_told_to(redis_url):
+    for protocol, needs in (("audio-fork", "--basic-auth"), ("audiosocket", "--insecure-no-auth")):
+        refused = subprocess.run(
+            [STREAMSCRIBE, "gateway", "--protocol", protocol, "--port", "0", "--redis-url", redis_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and needs in refused.stderr, (protocol, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_hundred_idle_websockets_cost_bounded_memory_and_a_call_still_goes_through(valkey_url):
+    gateway = subprocess.Popen(
+        [STREAMSCRIBE, "gateway", "--protocol", "audio-fork", "--host", "127.0.0.1", "--port", "0",
+         "--redis-url", valkey_url, "--metrics-port", "0", "--basic-auth", "fs:pw"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert gateway.stdout is not None
+        line = gateway.stdout.readline()
+        assert "(audio-fork)" in line and "listening on ws://" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        metrics_port = int(re.search(r"metrics on :(\d+)", line).group(1))
+        url = f"ws://127.0.0.1:{port}"
+        frames = l16_frames(encode_words(CALLER, 8000), 8000)
+
+        async def main() -> int:
+            await fork(url + "/warm-up", frames[:10], auth="fs:pw")
+            await asyncio.sleep(0.5)
+            before = rss_kib(gateway.pid)
+            headers = {"Authorization": "Basic " + base64.b64encode(b"fs:pw").decode()}
+            idle = [
+                await ws_connect(url + f"/idle-{n}", subprotocols=["audio.drachtio.org"], additional_headers=headers)
+                for n in range(200)
+            ]
+            await idle[0].send(json.dumps({"sampling": "8k", "mixType": "mono"}))  # metadata, then silence
+            await asyncio.sleep(1.0)
+            grown = rss_kib(gateway.pid) - before
+            metrics = scrape(metrics_port, "/metrics")
+            assert 'streamscribe_gateway_connections{protocol="audio-fork"} 200.0' in metrics
+            assert scrape(metrics_port, "/healthz").startswith("ok")
+            await fork(url + "/" + UUID, frames, auth="fs:pw")
+            wait_for(lambda: ended_input(valkey_url, UUID), 20, "the call's end marker")
+            for ws in idle:
+                await ws.close()
+            return grown
+
+        grown = asyncio.run(main())
+        print(f"\n200 idle audio-fork WebSockets: +{grown} KiB resident")
+        assert grown < 32 * 1024
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+    finally:
+        gateway.kill()
+    run_worker(synthetic_settings(valkey_url))
+    assert channel_words(output_events(valkey_url, UUID), 0) == CALLER

@@ -178,7 +178,7 @@ def rss_kib(pid: int) -> int:
 def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_through(valkey_url):
     gateway = subprocess.Popen(
         [STREAMSCRIBE, "gateway", "--protocol", "audiosocket", "--host", "127.0.0.1", "--port", "0",
-         "--redis-url", valkey_url, "--metrics-port", "0"],
+         "--redis-url", valkey_url, "--metrics-port", "0", "--insecure-no-auth"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     idle: list[socket.socket] = []

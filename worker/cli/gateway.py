@@ -55,7 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="twilio: accept unsigned upgrades (only behind something that authenticates Twilio)",
+        help="accept unauthenticated callers: twilio without signatures, audio-fork without --basic-auth, and"
+        " audiosocket (no authentication in its protocol): only on a network only the PBX reaches, or behind"
+        " something that authenticates",
+    )
+    p.add_argument(
+        "--basic-auth",
+        help=f"audio-fork: USER:PASSWORD that mod_audio_fork sends (MOD_AUDIO_BASIC_AUTH_*; also ${BASIC_AUTH_ENV})",
     )
     p.add_argument(
         "--api-key",
@@ -73,11 +79,29 @@ PROTOCOLS = {"twilio": 8765, "audio-fork": 8765, "audiohook": 8765, "audiosocket
 API_KEYS_ENV = "STREAMSCRIBE_GATEWAY_API_KEYS"
 #: The environment variable with the Twilio auth token.
 TWILIO_TOKEN_ENV = "STREAMSCRIBE_TWILIO_AUTH_TOKEN"
+#: The environment variable with the audio-fork basic-auth credentials (USER:PASSWORD).
+BASIC_AUTH_ENV = "STREAMSCRIBE_GATEWAY_BASIC_AUTH"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.chunk_ms < 20 or args.chunk_ms % 20:
         raise ConfigError("--chunk-ms must be a positive multiple of 20")
+    _check_protocol_options(args)
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("the gateway's /metrics needs prometheus-client: pip install 'streamscribe[gateway]'") from e
+    if args.protocol != "audiosocket":
+        try:
+            import websockets  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("the gateway needs the websockets package: pip install 'streamscribe[gateway]'") from e
+    asyncio.run(_serve(args))
+    return 0
+
+
+def _check_protocol_options(args: argparse.Namespace) -> None:
+    """Each protocol's options, and its authentication: no gateway starts open unless told to."""
     if args.protocol == "audio-fork":
         from producer.audiofork import parse_rate
 
@@ -85,6 +109,19 @@ def run(args: argparse.Namespace) -> int:
             args.sample_rate = parse_rate(args.sample_rate)
         except ValueError as e:
             raise ConfigError(f"--sample-rate: {e}") from e
+        args.basic_auth = args.basic_auth or os.environ.get(BASIC_AUTH_ENV) or None
+        if args.basic_auth is not None and ":" not in args.basic_auth:
+            raise ConfigError("--basic-auth is USER:PASSWORD")
+        if args.basic_auth is None and not args.insecure_no_auth:
+            raise ConfigError(
+                f"the audio-fork gateway checks the basic auth mod_audio_fork sends: give --basic-auth USER:PASSWORD "
+                f"(or ${BASIC_AUTH_ENV}), or --insecure-no-auth when something in front authenticates FreeSWITCH"
+            )
+    if args.protocol == "audiosocket" and not args.insecure_no_auth:
+        raise ConfigError(
+            "AudioSocket has no authentication: anyone who reaches the port can open calls. Run it on a network "
+            "only the PBX reaches and say so with --insecure-no-auth"
+        )
     if args.protocol == "twilio":
         args.twilio_auth_token = args.twilio_auth_token or os.environ.get(TWILIO_TOKEN_ENV) or None
         if args.twilio_auth_token is None and not args.insecure_no_auth:
@@ -98,17 +135,6 @@ def run(args: argparse.Namespace) -> int:
         args.api_key = [*args.api_key, *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
         if not args.api_key:
             raise ConfigError(f"audiohook needs the API keys Genesys sends: --api-key KEY or ${API_KEYS_ENV}")
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError as e:
-        raise ConfigError("the gateway's /metrics needs prometheus-client: pip install 'streamscribe[gateway]'") from e
-    if args.protocol != "audiosocket":
-        try:
-            import websockets  # noqa: F401
-        except ImportError as e:
-            raise ConfigError("the gateway needs the websockets package: pip install 'streamscribe[gateway]'") from e
-    asyncio.run(_serve(args))
-    return 0
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -196,6 +222,7 @@ def _gateway(args: argparse.Namespace, producer: Any) -> tuple[Any, str]:
             producer,
             sample_rate=args.sample_rate,
             mix_type=args.mix_type,
+            basic_auth=args.basic_auth,
             language=args.language,
             tenant=args.tenant,
             session_prefix=args.session_prefix,

@@ -55,6 +55,11 @@ class Committer:
         #: how far each owned session's records are copied (read from its state when first needed)
         self.copied: dict[str, Copied] = {}
 
+    def taken(self, sid: str, in_pos: str) -> None:
+        """This worker took the session at input position ``in_pos``: nothing kept from an earlier time."""
+        self.forget(sid)
+        self.unproven[sid] = in_pos
+
     def forget(self, sid: str) -> None:
         """The session left this worker (ended, handed over, lost): drop what is kept for it."""
         self.behind.discard(sid)

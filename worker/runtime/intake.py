@@ -161,7 +161,7 @@ class Intake:
             return
         session = outcome.session
         assert session is not None
-        self.committer.forget(sid)  # nothing kept from an earlier time this worker held it
+        self.committer.taken(sid, session.in_pos)  # nothing kept from an earlier time this worker held it
         event = "takeover" if outcome.takeover else "acquired"
         log.info(
             "%s session %s (epoch %d)",
@@ -176,4 +176,3 @@ class Intake:
         self.sessions[sid] = session
         if session.config is not None and session.processors:
             self.models.note_loaded(session.config)
-        self.committer.unproven[sid] = session.in_pos

@@ -356,7 +356,6 @@ class Worker:
                 if sid in self.committer.forward([(sid, [])]):
                     # acknowledging now would lose the uncopied records: hand the lease over, and
                     # whoever claims it finds the session ended and finishes the copy first
-                    self.committer.behind.discard(sid)
                     self.leases.release(s.lease.shard, s.lease.entry_id)
                 else:
                     self.leases.finish(s.lease.shard, s.lease.entry_id)
