@@ -10,6 +10,7 @@ append, nothing is lost either.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,21 +21,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
+from producer import protocol
 from producer.common import (
     TRANSIENT_ERRORS,
     ConnectionOptions,
     backoff_delays,
     build_open,
-    check_open_status,
-    is_repeat,
     new_resume_token,
-    same_entry,
     to_payload,
-    token_digest,
 )
-from worker.protocol.connection import TLSFiles, text
+from worker.protocol.connection import TLSFiles
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
+from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen
 from worker.protocol.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -127,23 +125,29 @@ class AsyncProducer:
             partials=partials,
             tenant=tenant,
         )
-        sid = opened.session_id
         token = resume_token or new_resume_token()
-        key = self.keys.session_open(sid)
-        args = [opened.encode(), int(time.time() * 1000), token_digest(token)]
-        status, announced = await self.retry(lambda: self._script("open_session", [key], args))
-        check_open_status(sid, text(status))
-        if text(announced) == "1":
-            log.info("session %s resumed; it is announced already", sid)
-        else:
-            announcements = self.keys.announcements(self.keys.shard_of(sid))
-            await self.retry(lambda: self.client.xadd(announcements, {"session": sid}))
-            await self.retry(lambda: self.client.hset(key, "announced", "1"))
         writer = AsyncSessionWriter(self, opened, token)
-        if text(status) == "resumed":
-            last = await self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
-            writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
+        writer.seq = await self.run(protocol.open_session(self.keys, opened, token))
         return writer
+
+    async def run(self, steps: protocol.Steps[T]) -> T:
+        """Run one operation of :mod:`producer.protocol` (as :func:`producer.protocol.drive` does, awaiting)."""
+        reply: Any = None
+        refused: ResponseError | None = None
+        while True:
+            try:
+                step = steps.send(reply) if refused is None else steps.throw(refused)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, refused = await self.retry(functools.partial(self._execute, step)), None
+            except ResponseError as e:
+                reply, refused = None, e
+
+    async def _execute(self, step: protocol.Step) -> Any:
+        if isinstance(step, protocol.RunScript):
+            return await self._script(step.name, step.keys, step.args)
+        return await step.issue(self.client)
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts.by_name[name]
@@ -195,41 +199,26 @@ class AsyncSessionWriter:
             raise ValueError(f"session {self.session_id} is closed")
         payload = to_payload(audio, self.opened.encoding, self.opened.channels)
         sent_at = time.time()
-        while not await self.append(self.seq, AudioChunk(seq=self.seq, payload=payload, sent_at=sent_at).encode()):
-            self.seq += 1  # a cancelled earlier send landed at this seq: go on after it
-        self.seq += 1
-        return self.seq - 1
+        seq = await self.producer.run(
+            protocol.append_next(self._input, self.seq, lambda s: AudioChunk(s, payload, sent_at).encode())
+        )
+        self.seq = seq + 1
+        return seq
 
     async def close(self, reason: str = "completed") -> None:
         """Mark the end of the audio; the worker commits the tail and ends the session."""
         if self.closed:
             return
         sent_at = time.time()
-        while not await self.append(self.seq, EndOfSession(seq=self.seq, sent_at=sent_at, reason=reason).encode()):
-            self.seq += 1
-        self.seq += 1
+        seq = await self.producer.run(
+            protocol.append_next(self._input, self.seq, lambda s: EndOfSession(s, sent_at, reason).encode())
+        )
+        self.seq = seq + 1
         self.closed = True
 
     async def append(self, seq: int, message: bytes) -> bool:
-        """XADD one encoded input message as entry ``<seq+1>-0``, retrying connection errors.
-
-        True when the entry now holds ``message`` (added now, or by an attempt whose reply was
-        lost); False when ``seq`` is taken by another message (a send cancelled after its XADD
-        landed, before ``seq`` moved on).
-        """
-        entry_id = input_entry_id(seq)
-        client = self.producer.client
-
-        async def add() -> bool:
-            try:
-                await client.xadd(self._input, {"m": message}, id=entry_id)
-                return True
-            except ResponseError as e:
-                if not is_repeat(e):
-                    raise
-            return same_entry(await client.xrange(self._input, entry_id, entry_id), message)
-
-        return await self.producer.retry(add)
+        """XADD one encoded input message as entry ``<seq+1>-0`` (see :func:`producer.protocol.append`)."""
+        return await self.producer.run(protocol.append(self._input, seq, message))
 
     async def __aenter__(self) -> AsyncSessionWriter:
         return self

@@ -12,23 +12,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-from redis.exceptions import ResponseError
 
+from producer import protocol
 from producer.common import (
     TRANSIENT_ERRORS,
     ConnectionOptions,
     backoff_delays,
     build_open,
-    check_open_status,
-    is_repeat,
     new_resume_token,
-    same_entry,
     to_payload,
-    token_digest,
 )
-from worker.protocol.connection import TLSFiles, connect, text
+from worker.protocol.connection import TLSFiles, connect
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, input_entry_id
+from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen
 from worker.protocol.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -102,24 +98,19 @@ class Producer:
             partials=partials,
             tenant=tenant,
         )
-        sid = opened.session_id
         token = resume_token or new_resume_token()
-        key = self.keys.session_open(sid)
-        args = [opened.encode(), int(time.time() * 1000), token_digest(token)]
-        status, announced = self.retry(lambda: self.scripts.call(self.client, "open_session", [key], args))
-        check_open_status(sid, text(status))
-        if text(announced) == "1":
-            log.info("session %s resumed; it is announced already", sid)
-        else:
-            shard = self.keys.shard_of(sid)
-            self.retry(lambda: self.client.xadd(self.keys.announcements(shard), {"session": sid}))
-            self.retry(lambda: self.client.hset(key, "announced", "1"))
         writer = SessionWriter(self, opened, token)
-        if text(status) == "resumed":
-            # a restarted producer continues the numbering where the stream ends
-            last = self.retry(lambda: self.client.xrevrange(self.keys.session_input(sid), count=1))
-            writer.seq = int(text(last[0][0]).split("-")[0]) if last else 0
+        writer.seq = self.run(protocol.open_session(self.keys, opened, token))
         return writer
+
+    def run(self, steps: protocol.Steps[T]) -> T:
+        """Run one operation of :mod:`producer.protocol`, retrying connection errors per command."""
+        return protocol.drive(steps, lambda step: self.retry(lambda: self._execute(step)))
+
+    def _execute(self, step: protocol.Step) -> Any:
+        if isinstance(step, protocol.RunScript):
+            return self.scripts.call(self.client, step.name, step.keys, step.args)
+        return step.issue(self.client)
 
     def retry(self, action: Callable[[], T]) -> T:
         """Run ``action``, retrying connection errors with exponential backoff."""
@@ -163,40 +154,26 @@ class SessionWriter:
             raise ValueError(f"session {self.session_id} is closed")
         payload = to_payload(audio, self.opened.encoding, self.opened.channels)
         sent_at = time.time()
-        while not self.append(self.seq, AudioChunk(seq=self.seq, payload=payload, sent_at=sent_at).encode()):
-            self.seq += 1  # an interrupted earlier send landed at this seq: go on after it
-        self.seq += 1
-        return self.seq - 1
+        seq = self.producer.run(
+            protocol.append_next(self._input, self.seq, lambda s: AudioChunk(s, payload, sent_at).encode())
+        )
+        self.seq = seq + 1
+        return seq
 
     def close(self, reason: str = "completed") -> None:
         """Mark the end of the audio; the worker commits the tail and ends the session."""
         if self.closed:
             return
         sent_at = time.time()
-        while not self.append(self.seq, EndOfSession(seq=self.seq, sent_at=sent_at, reason=reason).encode()):
-            self.seq += 1
-        self.seq += 1
+        seq = self.producer.run(
+            protocol.append_next(self._input, self.seq, lambda s: EndOfSession(s, sent_at, reason).encode())
+        )
+        self.seq = seq + 1
         self.closed = True
 
     def append(self, seq: int, message: bytes) -> bool:
-        """XADD one encoded input message as entry ``<seq+1>-0``, retrying connection errors.
-
-        True when the entry now holds ``message`` (added now, or by an attempt whose reply was
-        lost); False when ``seq`` is taken by another message (a send interrupted after its XADD
-        landed, by an exception or a signal, before ``seq`` moved on).
-        """
-        entry_id = input_entry_id(seq)
-
-        def add() -> bool:
-            try:
-                self.producer.client.xadd(self._input, {"m": message}, id=entry_id)
-                return True
-            except ResponseError as e:
-                if not is_repeat(e):
-                    raise
-            return same_entry(self.producer.client.xrange(self._input, entry_id, entry_id), message)
-
-        return self.producer.retry(add)
+        """XADD one encoded input message as entry ``<seq+1>-0`` (see :func:`producer.protocol.append`)."""
+        return self.producer.run(protocol.append(self._input, seq, message))
 
     def __enter__(self) -> SessionWriter:
         return self
