@@ -21,8 +21,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import SessionEndedError, SessionExistsError
-from worker.protocol.connection import TLSFiles
-from worker.protocol.keys import check_session_id
+from worker.protocol.connection import TLSFiles, connect
+from worker.protocol.keys import Keyspace, check_session_id
 from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import BYTES_PER_SAMPLE, encode_pcm
 
@@ -167,6 +167,12 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tls_from_args(args: argparse.Namespace) -> TLSFiles:
     return TLSFiles.resolve(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
+
+
+def connect_from_args(args: argparse.Namespace) -> tuple[Any, Keyspace]:
+    """A client and the key layout from :func:`add_connection_arguments`' flags (then the environment)."""
+    options = ConnectionOptions.resolve(args.redis_url, args.key_prefix, args.shards, tls_from_args(args))
+    return connect(options.redis_url, args.cluster, options.tls), Keyspace(options.key_prefix, options.shards)
 
 
 def new_resume_token() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import urllib.request
 import wave
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from benchmarks.corpus import Recording, load_manifest
 from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import Event, SegmentEvent, decode_event
+from worker.protocol.messages import EndOfSession, Event, SegmentEvent, decode_event, decode_input
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
 
@@ -198,3 +199,15 @@ def _close(*sockets: object) -> None:
         with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
         s.close()
+
+
+def ended_input(url: str, sid: str) -> bool:
+    """The session's input ends with its end marker (a gateway or producer wrote the whole call)."""
+    last = raw_client(url).xrevrange(Keyspace().session_input(sid), count=1)
+    return bool(last) and isinstance(decode_input(last[0][1][b"m"]), EndOfSession)
+
+
+def scrape(port: int, path: str) -> str:
+    """The body of ``http://127.0.0.1:<port><path>`` (a gateway's /metrics or /healthz)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+        return reply.read().decode()

@@ -22,9 +22,16 @@ from websockets.exceptions import InvalidStatus
 
 from producer.aio import AsyncProducer
 from producer.audiofork import AudioForkGateway, parse_rate
-from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings, synthetic_stereo
-from tests.test_audiosocket import ended_input, rss_kib, scrape
-from tests.worker_helpers import wait_for
+from tests.client_helpers import (
+    ended_input,
+    output_events,
+    raw_client,
+    run_worker,
+    scrape,
+    synthetic_settings,
+    synthetic_stereo,
+)
+from tests.worker_helpers import rss_kib, wait_for
 from worker.backends.synthetic import encode_words, random_words
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import SegmentEvent, SessionOpen
@@ -213,6 +220,7 @@ def test_two_hundred_idle_websockets_cost_bounded_memory_and_a_call_still_goes_t
             await fork(url + "/warm-up", frames[:10], auth="fs:pw")
             await asyncio.sleep(0.5)
             before = rss_kib(gateway.pid)
+            assert before is not None, "the gateway is running"
             headers = {"Authorization": "Basic " + base64.b64encode(b"fs:pw").decode()}
             idle = [
                 await ws_connect(url + f"/idle-{n}", subprotocols=["audio.drachtio.org"], additional_headers=headers)
@@ -220,7 +228,9 @@ def test_two_hundred_idle_websockets_cost_bounded_memory_and_a_call_still_goes_t
             ]
             await idle[0].send(json.dumps({"sampling": "8k", "mixType": "mono"}))  # metadata, then silence
             await asyncio.sleep(1.0)
-            grown = rss_kib(gateway.pid) - before
+            after = rss_kib(gateway.pid)
+            assert after is not None, "the gateway is running"
+            grown = after - before
             metrics = scrape(metrics_port, "/metrics")
             assert 'streamscribe_gateway_connections{protocol="audio-fork"} 200.0' in metrics
             assert scrape(metrics_port, "/healthz").startswith("ok")

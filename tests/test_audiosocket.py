@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import pytest
 
 from producer.aio import AsyncProducer
 from producer.audiosocket import AudioSocketGateway, encode_frame
-from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings
-from tests.worker_helpers import wait_for
+from tests.client_helpers import ended_input, output_events, raw_client, run_worker, scrape, synthetic_settings
+from tests.worker_helpers import rss_kib, wait_for
 from worker.backends.synthetic import encode_words, random_words
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import EndOfSession, SegmentEvent, SessionEnded, SessionOpen, decode_input
+from worker.protocol.messages import SegmentEvent, SessionEnded, SessionOpen
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)
@@ -157,23 +156,6 @@ def test_audio_before_the_uuid_closes_the_connection_without_a_session(redis_url
     assert gateway.stats.malformed == 1 and gateway.sessions == []
 
 
-def ended_input(url: str, sid: str) -> bool:
-    last = raw_client(url).xrevrange(Keyspace().session_input(sid), count=1)
-    return bool(last) and isinstance(decode_input(last[0][1][b"m"]), EndOfSession)
-
-
-def scrape(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-        return reply.read().decode()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.slow
 def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_through(valkey_url):
     gateway = subprocess.Popen(
@@ -191,11 +173,14 @@ def test_two_hundred_idle_connections_cost_bounded_memory_and_a_call_still_goes_
         asyncio.run(send(port, [*call_frames(uuid.uuid4(), encode_words(WORDS[:2], 8000)), encode_frame(0)]))
         time.sleep(0.5)
         before = rss_kib(gateway.pid)
+        assert before is not None, "the gateway is running"
         for _ in range(200):
             idle.append(socket.create_connection(("127.0.0.1", port)))
         idle[0].sendall(encode_frame(0x01, uuid.uuid4().bytes))  # one names its call and then says nothing
         time.sleep(1.0)
-        grown = rss_kib(gateway.pid) - before
+        after = rss_kib(gateway.pid)
+        assert after is not None, "the gateway is running"
+        grown = after - before
         print(f"\n200 idle AudioSocket connections: +{grown} KiB resident")
         assert grown < 16 * 1024
         metrics = scrape(metrics_port, "/metrics")

@@ -28,9 +28,9 @@ import json
 import time
 from typing import Any
 
-from producer.common import add_connection_arguments, tls_from_args
+from producer.common import add_connection_arguments, connect_from_args
 from worker.errors import ConfigError
-from worker.protocol.connection import connect, text
+from worker.protocol.connection import text
 from worker.protocol.keys import WORKER_GROUP, Keyspace, check_session_id
 from worker.protocol.messages import DeadLetter, EndOfSession, input_entry_id
 
@@ -68,11 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from producer.common import ConnectionOptions
-
-    options = ConnectionOptions.resolve(args.redis_url, args.key_prefix, args.shards, tls_from_args(args))
-    client = connect(options.redis_url, args.cluster, options.tls)
-    keys = Keyspace(options.key_prefix, options.shards)
+    client, keys = connect_from_args(args)
     try:
         return ACTIONS[args.action](client, keys, args)
     finally:

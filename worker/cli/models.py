@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-from producer.common import ConnectionOptions, add_connection_arguments, tls_from_args
-from worker.protocol.connection import connect, text
+from producer.common import add_connection_arguments, connect_from_args
+from worker.protocol.connection import text
 from worker.protocol.keys import Keyspace
 
 #: A worker whose entry is older than this is gone (entries are rewritten every 5 s).
@@ -34,9 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = ConnectionOptions.resolve(args.redis_url, args.key_prefix, args.shards, tls_from_args(args))
-    client = connect(options.redis_url, args.cluster, options.tls)
-    keys = Keyspace(options.key_prefix, options.shards)
+    client, keys = connect_from_args(args)
     try:
         if args.action == "load":
             return _load(client, keys, args)

@@ -251,13 +251,17 @@ class Worker:
                 s.handover,
                 extra={"session": sid, "event": "handover"},
             )
-            del self.sessions[sid]
-            self.committer.forget(sid)
-            self.commit_retry.forget(sid)
+            self._let_go(sid)
             self.observer.transient_failure()
             with contextlib.suppress(RedisError):
                 self.leases.release(s.lease.shard, s.lease.entry_id)
             self.intake.janitor_now()  # claimable now: by whichever worker's janitor runs first
+
+    def _let_go(self, sid: str) -> None:
+        """The session is no longer this worker's (ended, handed over, lost, fenced): forget it everywhere."""
+        self.sessions.pop(sid, None)
+        self.committer.forget(sid)
+        self.commit_retry.forget(sid)
 
     def _drop_lost(self) -> None:
         with self._lost_lock:
@@ -269,9 +273,7 @@ class Worker:
                     log.warning(
                         "lost the lease of session %s; dropping it", sid, extra={"session": sid, "event": "lease_lost"}
                     )
-                    del self.sessions[sid]
-                    self.committer.forget(sid)  # the new owner copies what is left
-                    self.commit_retry.forget(sid)
+                    self._let_go(sid)  # the new owner copies what is left
 
     def _read_input(self) -> None:
         """Top up each session's queue, in one pipelined round trip: to ``read_count`` entries and
@@ -328,14 +330,12 @@ class Worker:
                 if s.stats.latest_sent_at and any(r.type == "segment" for _seq, r in o.records):
                     self.observer.latency(time.time() - s.stats.latest_sent_at)
             elif o.result == FENCED:
-                self.commit_retry.forget(s.session_id)
-                self.sessions.pop(s.session_id, None)
+                self._let_go(s.session_id)  # the new owner copies its records
                 if o.detail == "seq_mismatch":
                     # our commit landed but its reply was lost: the lease is still ours, so hand it
                     # over now; whoever claims it (perhaps we) restores from that commit
                     with contextlib.suppress(RedisError):
                         self.leases.release(s.lease.shard, s.lease.entry_id)
-                self.committer.forget(s.session_id)  # the new owner copies them
             else:
                 delay = self.commit_retry.failed(s.session_id)
                 log.warning("session %s: commit failed; next try in %.2f s", s.session_id, delay)
@@ -364,8 +364,7 @@ class Worker:
                 continue
             with contextlib.suppress(RedisError):  # else it drops out of the count after 3 TTLs
                 self.factory.quotas.release(sid, s.opened.quota_tenant)
-            self.sessions.pop(sid, None)
-            self.committer.forget(sid)
+            self._let_go(sid)
             self.observer.session_ended(_reason_label(s.ended_reason))
             log.info(
                 "session %s ended (%s)",
