@@ -68,6 +68,29 @@ def test_words_that_end_before_the_last_commit_are_ignored_and_probabilities_sur
     assert buf.new == [Word(2.1, 2.4, "new", 0.75)]
 
 
+def test_a_hypothesis_that_continues_the_committed_text_is_taken_whole_whatever_its_times():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.5, "hello"), (0.5, 1.0, "there")), 0.0)
+    buf.flush()
+    buf.insert(hyp((0.0, 0.5, "hello"), (0.5, 1.0, "there"), (1.0, 1.3, "again")), 0.0)
+    assert [w.text for w in buf.flush()] == ["hello", "there"]
+    # a continuation's first word may be aligned a little into the committed span: it is still new,
+    # and a word that repeats the last committed one is not taken for a re-read
+    buf.insert(hyp((0.95, 1.3, "there"), (1.3, 1.6, "friend")), 0.0, continues=True)
+    assert [w.text for w in buf.new] == ["there", "friend"]
+
+
+def test_a_word_with_enough_audio_after_it_commits_without_agreement_but_never_the_last():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.5, "one"), (0.6, 1.0, "two"), (1.1, 1.5, "three")), 0.0)
+    buf.flush()
+    buf.insert(hyp((0.0, 0.5, "won"), (0.6, 1.0, "two"), (1.1, 1.5, "tree")), 0.0)
+    # nothing agrees; the words that end by the deadline commit from the newest hypothesis
+    assert [w.text for w in buf.flush(due_before=1.0)] == ["won", "two"]
+    buf.insert(hyp((1.1, 1.5, "three")), 0.0)
+    assert buf.flush(due_before=9.0) == []  # the last word of a hypothesis always waits
+
+
 def test_pop_committed_forgets_words_up_to_a_time_and_snapshots_round_trip():
     buf = HypothesisBuffer()
     buf.insert(hyp((0, 1, "x"), (1, 2, "y")), 0.0)
@@ -270,7 +293,7 @@ def test_the_encoder_window_depends_only_on_the_requests_own_length():
 
 
 def test_a_decode_that_repeats_four_words_of_its_prompt_counts_as_a_copy_and_three_do_not():
-    from worker.backends.whisper_decode import _copies_prompt, _Decoded, _plain_words, _Prepared
+    from worker.backends.decode_guards import Decoded, copies_prompt, plain_words
 
     class Tokenizer:  # token i is vocabulary word i; 99 ends the text
         eot = 99
@@ -280,14 +303,40 @@ def test_a_decode_that_repeats_four_words_of_its_prompt_counts_as_a_copy_and_thr
             return " ".join(self.vocabulary[t] for t in tokens)
 
     tokenizer = Tokenizer()
-    prompt = _Prepared(np.zeros(0), 1, 500, [], _plain_words("Thank you. Can you confirm your number, please?"))
+    prompt = plain_words("Thank you. Can you confirm your number, please?")
 
-    def decode(*words: str) -> _Decoded:
-        return _Decoded([tokenizer.vocabulary.index(w) for w in words] + [99], -0.2, 0.0, 1.0)
+    def decode(*words: str) -> Decoded:
+        return Decoded([tokenizer.vocabulary.index(w) for w in words] + [99], -0.2, 0.0, 1.0)
 
-    assert _copies_prompt(decode("Can", "you", "confirm", "your", "number?", "Yes,"), prompt, tokenizer)
+    assert copies_prompt(decode("Can", "you", "confirm", "your", "number?", "Yes,"), prompt, tokenizer)
     # punctuation and case do not hide a copy; three words in a row are not one
-    assert _copies_prompt(decode("Can", "you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
-    assert not _copies_prompt(decode("you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
-    no_prompt = _Prepared(np.zeros(0), 1, 500, [])
-    assert not _copies_prompt(decode("Can", "you", "confirm", "your", "number?"), no_prompt, tokenizer)
+    assert copies_prompt(decode("Can", "you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
+    assert not copies_prompt(decode("you", "confirm", "your", "date", "of", "birth"), prompt, tokenizer)
+    assert not copies_prompt(decode("Can", "you", "confirm", "your", "number?"), (), tokenizer)
+
+
+def test_a_phrase_said_four_times_in_a_row_is_a_loop_and_three_times_is_not():
+    from worker.backends.decode_guards import loop_start
+
+    thanks_you_too = [11, 12, 13, 14, 15]  # " Thanks", ",", " you", " too", "."
+    assert loop_start([7, *thanks_you_too * 4, 11]) == 6  # the first copy is kept
+    assert loop_start([7, *thanks_you_too * 3]) is None
+    assert loop_start([9, 10] * 4) == 2  # "9, 9, 9, 9"
+    assert loop_start(list(range(40))) is None
+
+
+def test_a_continuation_that_says_its_prefix_again_is_an_echo_and_one_repeated_word_is_not():
+    from worker.backends.decode_guards import Decoded, prefix_echo
+
+    def aligned(*words: str) -> list[dict]:
+        return [{"word": w, "tokens": [0]} for w in words]
+
+    def decoded(prefix_words: int) -> Decoded:
+        return Decoded([], -0.2, 0.0, 1.0, prefix=prefix_words)
+
+    # "... for you as well." and then the whole prefix again
+    said = aligned(" let", " me", " sort", " that", " out", " for", " you", " as", " well.")
+    assert prefix_echo(said + said, decoded(len(said))) == len(said)
+    assert prefix_echo(said + aligned(" As", " well!", " Thanks."), decoded(len(said))) == 2
+    assert prefix_echo(aligned(" no", " no", " thanks"), decoded(1)) == 0  # "no, no" was said
+    assert prefix_echo(said, decoded(0)) == 0

@@ -46,10 +46,12 @@ def test_streaming_wer_with_the_defaults_is_within_one_and_a_half_points_of_offl
     assert streaming_wer <= offline_wer + 0.015
 
 
-@pytest.mark.parametrize("policy", ["agreement", "utterance"])
-def test_a_restored_snapshot_reproduces_every_later_output_with_the_real_model(policy):
+@pytest.mark.parametrize(
+    ("policy", "prefix"), [("agreement", False), ("utterance", False), ("agreement", True)], ids=str
+)
+def test_a_restored_snapshot_reproduces_every_later_output_with_the_real_model(policy, prefix):
     audio = decode_file(speech_dir() / "07_librispeech_1995-1837-0001.wav")
-    config = ASRConfig.parse(min_chunk_size=1.0, commit_policy=policy)
+    config = ASRConfig.parse(min_chunk_size=1.0, commit_policy=policy, committed_prefix=prefix)
     step = 16000
 
     def run(proc, start: int) -> list[tuple]:
@@ -128,10 +130,17 @@ def test_a_batch_of_requests_gives_the_same_words_as_one_call_per_request():
 
     asr = FasterWhisperASR("en", "base", final_beam_size=5)
     recordings = load_manifest()[2:8]
+    # prompts of two lengths, and prefixes (the first words said) of several lengths in one bucket
     requests = [
-        TranscribeRequest(decode_file(r.path), f"prompt {i}" if i % 2 else "", final=i % 3 == 0)
+        TranscribeRequest(
+            decode_file(r.path),
+            f"prompt {i}" if i % 2 else "",
+            final=i % 3 == 0,
+            prefix=" ".join(r.reference.split()[: i % 3]),
+        )
         for i, r in enumerate(recordings)
     ]
+    assert {len(r.prefix.split()) for r in requests} == {0, 1, 2}
     one_by_one = [asr.transcribe_requests([r])[0] for r in requests]
     batched = asr.transcribe_requests(requests)
     alone = [[(w.text, w.start, w.end) for w in asr.ts_words(r)] for r in one_by_one]
@@ -161,13 +170,13 @@ def test_words_said_again_survive_the_prompt_copy_guard(monkeypatch):
     from worker.backends.faster_whisper import FasterWhisperASR
 
     seen = []
-    guard = whisper_decode._copies_prompt
+    guard = whisper_decode.copies_prompt
 
-    def spy(decoded, prepared, tokenizer):
-        seen.append(guard(decoded, prepared, tokenizer))
+    def spy(decoded, previous, tokenizer):
+        seen.append(guard(decoded, previous, tokenizer))
         return seen[-1]
 
-    monkeypatch.setattr(whisper_decode, "_copies_prompt", spy)
+    monkeypatch.setattr(whisper_decode, "copies_prompt", spy)
     asr = FasterWhisperASR("en", "base", final_beam_size=5)
     audio = decode_file(speech_dir() / "01_jfk_inaugural_1961.wav")
     # the prompt holds the very words the speaker says: the guard decodes again without it, and
@@ -177,3 +186,25 @@ def test_words_said_again_survive_the_prompt_copy_guard(monkeypatch):
     text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in asr.ts_words(result)).lower()).split())
     assert seen == [True]
     assert "ask not what your country can do for you" in text
+
+
+def test_a_decode_that_continues_committed_text_returns_only_the_words_after_it():
+    from worker.asr.contracts import TranscribeRequest
+    from worker.backends.faster_whisper import FasterWhisperASR
+
+    asr = FasterWhisperASR("en", "base", final_beam_size=5)
+    assert asr.continues_prefix
+    audio = decode_file(speech_dir() / "01_jfk_inaugural_1961.wav")
+    whole = asr.ts_words(asr.transcribe_requests([TranscribeRequest(audio)])[0])
+    said = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in whole).lower()).split())
+    assert said.startswith("and so my fellow americans ask not")
+    request = TranscribeRequest(audio, prefix="And so, my fellow Americans,")
+    continued = asr.ts_words(asr.transcribe_requests([request])[0])
+    text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in continued).lower()).split())
+    assert text.startswith("ask not what your country can do for you")
+    # the words keep their place in the audio: "ask" ends where the whole decode put its end
+    ask = next(w for w in whole if "ask" in w.text.lower())
+    assert abs(continued[0].end - ask.end) <= 0.1
+    # a prefix that already holds everything said: nothing new, not the prefix said again
+    everything = "".join(w.text for w in whole)
+    assert asr.ts_words(asr.transcribe_requests([TranscribeRequest(audio, prefix=everything)])[0]) == []

@@ -7,6 +7,8 @@ noise, which is why the full set exists.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
@@ -103,3 +105,53 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
     result = evaluate(Stream("mix", call, call.mix16k, 16000, None, call.reference), config, tmp_path)
     print(f"{call.name}: offline {result.offline_score.wer:.4f} utterance commits {result.streaming_score.wer:.4f}")
     assert result.streaming_score.wer <= result.offline_score.wer + 0.04
+
+
+def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, tmp_path):
+    call = ci_calls[1]
+    stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
+    waiting = evaluate(stream, ASRConfig(), tmp_path)
+    bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5), tmp_path)
+    p95 = percentile(waiting.lags, 95), percentile(bounded.lags, 95)
+    print(f"{call.name}: lag p95 {p95[0]:.2f} s, with a 1.5 s deadline {p95[1]:.2f} s")
+    # a word waits at most the deadline plus one chunk, unless it stays a hypothesis's last word
+    assert percentile(bounded.lags, 95) <= 1.5 + 1.0 + 0.1
+    assert percentile(bounded.lags, 95) < percentile(waiting.lags, 95)
+    assert bounded.streaming_score.wer <= bounded.offline_score.wer + 0.08
+
+
+def test_commit_kinds_names_the_rule_that_committed_every_word(tmp_path, capsys):
+    from benchmarks import commit_kinds
+
+    out = tmp_path / "words.json"
+    commit_kinds.main(["--subset", "smoke", "--json", str(out)])
+    words = json.loads(out.read_text())
+    points, rules = {w["kind"].split("/")[0] for w in words}, {w["kind"].split("/")[1] for w in words}
+    assert len(words) > 80 and "?" not in rules
+    assert {"chunk", "final"} <= points and {"agreed", "rest"} <= rules
+    assert "wrong by probability" in capsys.readouterr().out
+
+
+def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_buffer(ci_calls, tmp_path, monkeypatch):
+    from worker.backends.faster_whisper import FasterWhisperASR
+
+    prefixes: list[str] = []
+    transcribe = FasterWhisperASR.transcribe_requests
+
+    def spy(self, requests):
+        prefixes.extend(r.prefix for r in requests)
+        return transcribe(self, requests)
+
+    monkeypatch.setattr(FasterWhisperASR, "transcribe_requests", spy)
+    call = ci_calls[2]
+    stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
+    prefixed = evaluate(stream, ASRConfig(committed_prefix=True), tmp_path)
+    assert sum(bool(p) for p in prefixes) >= len(prefixes) // 3  # decodes inside a turn continue it
+    plain_prefixes = len(prefixes)
+    spliced = evaluate(stream, ASRConfig(), tmp_path)
+    assert not any(prefixes[plain_prefixes:])  # off by default
+    print(f"{call.name}: prefix {prefixed.streaming_score.wer:.4f}, spliced {spliced.streaming_score.wer:.4f}")
+    assert prefixed.streaming_score.wer <= prefixed.offline_score.wer + 0.06
+    # no word of the committed text is said twice at a seam: no 3-word run repeats back to back
+    words = prefixed.streaming.lower().split()
+    assert not any(words[i : i + 3] == words[i + 3 : i + 6] for i in range(len(words) - 5))

@@ -70,6 +70,10 @@ class TranscribeRequest:
     #: The decode that closes a voiced stretch: its whole hypothesis is committed, so a backend
     #: may spend more on it (faster-whisper: ``final_beam_size``).
     final: bool = False
+    #: Text already committed for the start of ``audio``, given only to a backend whose
+    #: ``continues_prefix`` is true: it decodes the audio as a continuation of this text and
+    #: returns only the words after it.
+    prefix: str = ""
 
 
 class ASRBase:
@@ -84,6 +88,15 @@ class ASRBase:
     sep: str = " "
     #: With ``lan="auto"``, the language the last decode detected (a backend that detects sets it).
     detected_language: str | None = None
+
+    @property
+    def continues_prefix(self) -> bool:
+        """The backend honours :attr:`TranscribeRequest.prefix` (returns only the words after it).
+
+        False by default: a backend written to the guide re-transcribes the whole buffer, and the
+        processor splices its words after the committed ones by their times.
+        """
+        return False
 
     def __init__(
         self,

@@ -5,7 +5,8 @@ This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and check
 * :meth:`HypothesisBuffer.insert` takes a new hypothesis (words with times relative to the
   audio buffer), keeps the words that lie after the last committed time, and removes a 1-5
   word n-gram that repeats the tail of what was already committed (Whisper re-reads the audio
-  of committed words at the start of the buffer, so it tends to say them again).
+  of committed words at the start of the buffer, so it tends to say them again). A hypothesis
+  that *continues* the committed text (decoded with it as a forced prefix) is taken whole.
 * :meth:`HypothesisBuffer.flush` commits the longest common prefix of the previous hypothesis
   and the new one.
 """
@@ -40,9 +41,16 @@ class HypothesisBuffer:
         self.last_committed_time = 0.0
         self.last_committed_word: str | None = None
 
-    def insert(self, new: Iterable[Sequence[Any]], offset: float) -> None:
-        """Take a hypothesis whose times are relative to ``offset`` seconds."""
+    def insert(self, new: Iterable[Sequence[Any]], offset: float, *, continues: bool = False) -> None:
+        """Take a hypothesis whose times are relative to ``offset`` seconds.
+
+        ``continues``: the hypothesis continues the committed text (the backend decoded after it
+        as a forced prefix), so all of it is new, whatever its words' times.
+        """
         words = [as_word(w, offset) for w in new]
+        if continues:
+            self.new = words
+            return
         self.new = [w for w in words if w.start > self.last_committed_time - _START_SLACK_SEC]
         if not self.new or not self.committed_in_buffer:
             return
@@ -57,13 +65,20 @@ class HypothesisBuffer:
                 del self.new[:n]
                 break
 
-    def flush(self, confident_before: float | None = None, confidence: float = 1.0) -> list[Word]:
+    def flush(
+        self,
+        confident_before: float | None = None,
+        confidence: float = 1.0,
+        due_before: float | None = None,
+    ) -> list[Word]:
         """Commit and return the longest common prefix of the last two hypotheses.
 
         With ``confident_before``, the new hypothesis's next words are committed too while each
         ends before that time, has at least ``confidence`` probability and is not the
         hypothesis's last word: words well inside the audio that the model is sure of rarely
-        change, and waiting for a second hypothesis costs a whole chunk of latency.
+        change, and waiting for a second hypothesis costs a whole chunk of latency. With
+        ``due_before``, the new hypothesis's words that end before it are committed whatever
+        their agreement (but never its last word): a bound on how long a word can wait.
         """
         commit: list[Word] = []
         while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
@@ -72,6 +87,9 @@ class HypothesisBuffer:
             commit.append(word)
         if confident_before is not None:
             while len(self.new) > 1 and self.new[0].end <= confident_before and self.new[0].probability >= confidence:
+                commit.append(self.new.pop(0))
+        if due_before is not None:
+            while len(self.new) > 1 and self.new[0].end <= due_before:
                 commit.append(self.new.pop(0))
         if commit:
             self.last_committed_word = commit[-1].text

@@ -6,6 +6,11 @@ from the original, each on purpose:
 
 * The prompt is the last ~200 characters of committed text *before* the buffer, including the
   last such word (the original skips it).
+* With ``committed_prefix`` (off by default), a backend that can (``ASRBase.continues_prefix``)
+  gets the committed words *inside* the buffer as a forced prefix and returns only the words after
+  them, so a new hypothesis is not spliced onto the committed text by word times (loose at pauses,
+  where the splice loses or doubles words). Measured better on clean 16 kHz calls and worse on
+  8 kHz μ-law, where forced errors lead the continuation astray (docs/benchmarks.md).
 * Committed words are kept only while the buffer covers them, plus the prompt's tail: memory is
   bounded for calls that last hours.
 * A hard cap: if nothing commits, the buffer is force-cut before Whisper's 30 s window.
@@ -83,6 +88,8 @@ class OnlineASRProcessor(UtteranceBuffering):
         max_buffer_sec: float = MAX_BUFFER_SEC,
         prompt_chars: int = PROMPT_CHARS,
         commit_policy: str = "agreement",
+        commit_deadline_sec: float | None = None,
+        committed_prefix: bool = False,
     ) -> None:
         self.asr = asr
         self.tokenizer = tokenizer  # accepted for the guide's signature; sentences split on punctuation
@@ -101,6 +108,8 @@ class OnlineASRProcessor(UtteranceBuffering):
             raise ValueError(f"commit_policy must be 'agreement' or 'utterance', not {commit_policy!r}")
         # commits only at utterance ends rest on the voice tracker too
         self.commit_at_utterance_end = commit_policy == "utterance" and self.vac
+        self.commit_deadline_sec = commit_deadline_sec
+        self.committed_prefix = committed_prefix
         self.init()
 
     @classmethod
@@ -115,6 +124,8 @@ class OnlineASRProcessor(UtteranceBuffering):
             vac=config.vac,
             prompt_chars=config.prompt_chars,
             commit_policy=config.commit_policy,
+            commit_deadline_sec=config.commit_deadline_sec,
+            committed_prefix=config.committed_prefix,
         )
 
     # -- the guide's contract ----------------------------------------------------------------
@@ -155,7 +166,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         if self.vac and self.voice.voiced:
             request = self._final_request(self.buffer_end)
             result = self.asr.transcribe_requests([request])[0]
-            committed = self._complete_final(result, self.buffer_end)
+            committed = self._complete_final(request, result, self.buffer_end)
             words = list(committed.words) + self.transcript_buffer.force_commit()
             self._trim_to(self.buffer_end / self.sample_rate)
             return self._committed(words, utterance_end=bool(words))
@@ -204,7 +215,7 @@ class OnlineASRProcessor(UtteranceBuffering):
             new_from = int((self.processed_end - self.buffer_start) * WHISPER_SAMPLE_RATE / self.sample_rate)
             if not has_speech(audio16k[max(0, new_from) :]):
                 return None
-        self._pending = TranscribeRequest(audio16k, self.prompt())
+        self._pending = self._request(audio16k)
         return self._pending
 
     def complete_iter(self, result: Any) -> Committed:
@@ -216,14 +227,38 @@ class OnlineASRProcessor(UtteranceBuffering):
         if request is None:
             self._drop_unvoiced()
             return self._committed([])
-        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
-        committed = self.transcript_buffer.flush()
+        committed = self.transcript_buffer.flush() if self._insert(request, result) else []
         committed += self._trim_after_iteration(result, bool(committed))
         return self._committed(committed)
 
     def prompt(self) -> str:
         """Up to ~200 characters of committed text that lies before the buffer."""
         return self.asr.sep.join(self.prompt_words).strip()
+
+    def _request(self, audio16k: np.ndarray, *, final: bool = False) -> TranscribeRequest:
+        """The transcribe call for ``audio16k`` (the buffer from its start) with the prompt and,
+        for a backend that continues committed text, the committed words inside the buffer."""
+        committed = self.transcript_buffer.committed_in_buffer
+        if not (self.committed_prefix and self.asr.continues_prefix and committed):
+            return TranscribeRequest(audio16k, self.prompt(), final=final)
+        prefix = self.asr.sep.join(w.text for w in committed).strip()
+        return TranscribeRequest(audio16k, self.prompt(), final=final, prefix=prefix)
+
+    def _insert(self, request: TranscribeRequest | None, result: Any) -> bool:
+        """Make ``result``'s words the new hypothesis; False if it brought none to replace the last.
+
+        A decode that continued the committed text returns only the words after it; any other
+        re-read the committed words too, and the hypothesis keeps the words after them by time.
+        A continuation that stops at once says nothing about the words the last hypothesis heard
+        after the committed ones (measured: the model sometimes ends right after a prefix that
+        closes a sentence), so that hypothesis stays.
+        """
+        words = self.asr.ts_words(result)
+        continues = request is not None and bool(request.prefix)
+        if continues and not words and self.transcript_buffer.buffer:
+            return False
+        self.transcript_buffer.insert(words, self.buffer_time_offset, continues=continues)
+        return True
 
     # -- buffer trimming ---------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class UtteranceBuffering:
             return self._pending
         if (end - max(start, self.buffer_start)) / self.sample_rate < VAC_MIN_VOICED_SEC:
             return None
-        self._pending = TranscribeRequest(resample(self.audio_buffer, self.sample_rate), self.prompt())
+        self._pending = self._request(resample(self.audio_buffer, self.sample_rate))
         return self._pending
 
     def _phrase_due(self: OnlineASRProcessor) -> bool:
@@ -81,7 +81,7 @@ class UtteranceBuffering:
         """The decode of the buffer up to ``upto`` (absolute samples) that closes a stretch."""
         upto = min(max(upto, self.buffer_start), self.buffer_end)
         audio = self.audio_buffer[: upto - self.buffer_start]
-        return TranscribeRequest(resample(audio, self.sample_rate), self.prompt(), final=True)
+        return self._request(resample(audio, self.sample_rate), final=True)
 
     def _complete_utterance(self: OnlineASRProcessor, result: Any) -> Committed:
         request, self._pending = self._pending, None
@@ -90,25 +90,27 @@ class UtteranceBuffering:
         self.processed_end = self.buffer_end
         current = self.voice.current()
         if final and current is not None:
-            return self._complete_final(result if request is not None else None, current[1])
+            return self._complete_final(request, result if request is not None else None, current[1])
         if request is None:
             if not self.voice.voiced:
                 self._drop_before_voice()
             return self._committed([])
         if phrase:
-            return self._complete_phrase(result)
-        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
-        if self.commit_at_utterance_end:
-            self.transcript_buffer.hold()  # the partial; the stretch commits at its end
+            return self._complete_phrase(request, result)
+        heard = self._insert(request, result)
+        if self.commit_at_utterance_end or not heard:
+            if heard:
+                self.transcript_buffer.hold()  # the partial; the stretch commits at its end
             return self._committed(self._trim_after_iteration(result, False, drop_unvoiced=False))
+        end_sec = self.buffer_end / self.sample_rate
         committed = self.transcript_buffer.flush(
-            self.buffer_end / self.sample_rate - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY
+            end_sec - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY, self._deadline(end_sec)
         )
         # the voice tracker says the stretch goes on, so an empty hypothesis is no reason to drop it
         committed += self._trim_after_iteration(result, bool(committed), drop_unvoiced=False)
         return self._committed(committed)
 
-    def _complete_phrase(self: OnlineASRProcessor, result: Any) -> Committed:
+    def _complete_phrase(self: OnlineASRProcessor, request: TranscribeRequest, result: Any) -> Committed:
         """A short pause: commit all but the hypothesis's last word, which the pause may still close.
 
         The buffer is not cut (the turn may go on, and its words need the context). The last word
@@ -116,19 +118,19 @@ class UtteranceBuffering:
         marker; if the speaker goes on, LocalAgreement settles it.
         """
         self.voice.mark_phrase()
-        self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
-        committed = self.transcript_buffer.flush()
+        committed = self.transcript_buffer.flush() if self._insert(request, result) else []
         committed += self.transcript_buffer.force_commit(keep_last=1)
         return self._committed(committed)
 
-    def _complete_final(self: OnlineASRProcessor, result: Any | None, speech_end: int) -> Committed:
+    def _complete_final(
+        self: OnlineASRProcessor, request: TranscribeRequest | None, result: Any | None, speech_end: int
+    ) -> Committed:
         """Commit the whole hypothesis of the stretch that ends at ``speech_end``; cut the pause.
 
         ``result`` is ``None`` when the hypothesis of the short pause before is still current.
         """
         committed = []
-        if result is not None:
-            self.transcript_buffer.insert(self.asr.ts_words(result), self.buffer_time_offset)
+        if result is not None and self._insert(request, result):
             if self.commit_at_utterance_end:
                 self.transcript_buffer.hold()  # this decode alone says what the stretch holds
             else:
@@ -152,6 +154,10 @@ class UtteranceBuffering:
         cut = max(keep_from, self._last_committed_sample())
         if cut > self.buffer_start:
             self._trim_to(cut / self.sample_rate)
+
+    def _deadline(self: OnlineASRProcessor, end_sec: float) -> float | None:
+        """Words ending before this commit from the newest hypothesis, agreed or not."""
+        return None if self.commit_deadline_sec is None else end_sec - self.commit_deadline_sec
 
     def _last_committed_sample(self: OnlineASRProcessor) -> int:
         return round(self.transcript_buffer.last_committed_time * self.sample_rate)

@@ -121,6 +121,10 @@ class FasterWhisperASR(ASRBase):
         """Our own decode applies: a set language and no faster-whisper VAD cutting."""
         return self.original_language is not None and not self.transcribe_kargs.get("vad_filter")
 
+    @property
+    def continues_prefix(self) -> bool:
+        return self._batched()
+
     def batch_key(self) -> Hashable:
         # beams travel with each request; the rest of the settings only filter results
         return (FasterWhisperASR, id(self.model), self.original_language, self._task)
@@ -154,7 +158,7 @@ class FasterWhisperASR(ASRBase):
         from worker.backends.whisper_decode import DecodeRequest
 
         padding = self.final_padding_frames if request.final else self.padding_frames
-        return DecodeRequest(request.audio, request.init_prompt, self._beam(request), padding)
+        return DecodeRequest(request.audio, request.init_prompt, self._beam(request), padding, request.prefix)
 
     def _beam(self, request: TranscribeRequest) -> int:
         return self.final_beam_size if request.final else self.beam_size

@@ -19,6 +19,11 @@ long), so here every request is one window, and the whole batch goes through fou
    heard again without it);
 4. **align**: one ``align`` per bucket gives the word timestamps.
 
+A request may carry a ``prefix``: the text already committed for the start of its audio. It goes
+after the task tokens as an open segment, so the decode continues it; only the words after it are
+returned (and none that say it again). The checks on each decode's text are in
+:mod:`worker.backends.decode_guards`.
+
 A request's window, prompt and beam depend only on the request, never on its batch-mates, so
 its words are the same alone or batched up to floating-point noise of batched kernels (what a
 replay after a failover may differ in).
@@ -27,7 +32,6 @@ replay after a failover may differ in).
 from __future__ import annotations
 
 import functools
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,31 +39,33 @@ from typing import Any
 
 import numpy as np
 
+from worker.backends.decode_guards import (
+    APPEND,
+    PREPEND,
+    Decoded,
+    compression_ratio,
+    copies_prompt,
+    cut_loop,
+    looping,
+    plain_words,
+    prefix_echo,
+)
+
 #: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
 WINDOW_QUANTUM = 500
 FULL_WINDOW = 3000
 #: Seconds per timestamp token, and per mel frame.
 TIME_PRECISION = 0.02
 FRAME_SEC = 0.01
-#: Above this gzip compression ratio a decode is a repetition loop (Whisper's own threshold).
-COMPRESSION_RATIO_LIMIT = 2.4
 #: The beam of the retry of a repetitive decode.
 RETRY_BEAM = 5
 #: Token budget per second of audio: fast speech is ~4 text tokens/s (150 words a minute is
 #: 3.3) plus timestamps; a decode past this is looping, and capping it bounds a bad window's cost.
 TOKENS_PER_SEC = 8
 MIN_NEW_TOKENS = 16
-#: A run of up to this many tokens said this many times in a row is a loop ("9, 9, 9, 9").
-LOOP_MAX_PERIOD = 4
-LOOP_REPEATS = 4
 #: Tokens of previous text in a prompt (the processor gives ~200 characters, ~45 tokens).
 PROMPT_TOKENS = 48
-#: A decode that repeats this many consecutive words of its prompt may be copying the prompt
-#: (Whisper does so on short or unclear audio); it is decoded again without one.
-PROMPT_COPY_WORDS = 4
 _SENTENCE_MARKS = ".。!！?？"
-_PREPEND = "\"'“¿([{-"
-_APPEND = "\"'.。,，!！?？:：”)]}、"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class DecodeRequest:
     prompt: str
     beam_size: int
     padding_frames: int | None = 500
+    #: Text already committed for the start of ``audio``: the decode continues it (forced), and
+    #: only the words after it are returned.
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,26 +120,32 @@ class _Prepared:
     prompt: list[int]
     #: The prompt's previous-text words, normalised (empty without a prompt).
     previous: tuple[str, ...] = ()
+    #: The forced prefix after the task tokens: a timestamp and the committed text's tokens.
+    prefix: tuple[int, ...] = ()
+    #: Text tokens in ``prefix``.
+    prefix_text: int = 0
 
     def without_prompt(self, tokenizer: Any) -> _Prepared:
-        return _Prepared(self.features, self.content, self.window, list(tokenizer.sot_sequence))
+        prompt = [*tokenizer.sot_sequence, *self.prefix]
+        return _Prepared(self.features, self.content, self.window, prompt, (), self.prefix, self.prefix_text)
 
 
 def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
     """faster-whisper ``Segment`` lists (with words) for each request, in order."""
     tokenizer = _tokenizer(model, options.task, options.language)
     prepared = [_prepare(model, tokenizer, r, options) for r in requests]
-    # CTranslate2 wants the start-of-transcript token at one position across a batch, so prompt
-    # lengths bucket too; prompts are cut to PROMPT_TOKENS, so past a call's first sentences
-    # they are all that long and batch together
+    # CTranslate2 wants the start-of-transcript token at one position across a batch, so the
+    # lengths of the previous text bucket too; they are cut to PROMPT_TOKENS, so past a call's
+    # first sentences they are all that long and batch together. Prefixes come after that token
+    # and may differ in length (checked: the same words alone or together)
     buckets: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for i, (p, r) in enumerate(zip(prepared, requests, strict=True)):
-        buckets[(p.window, r.beam_size, len(p.prompt))].append(i)
+        buckets[(p.window, r.beam_size, len(p.prompt) - len(p.prefix))].append(i)
     results: list[list[Any]] = [[] for _ in requests]
-    for (window, beam, _prompt_length), members in buckets.items():
+    for (window, beam, _previous_length), members in buckets.items():
         encoded = _encode(model, [prepared[i] for i in members], window)
         decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
-        retry = [k for k, d in enumerate(decoded) if _looping(d, tokenizer) and beam < RETRY_BEAM]
+        retry = [k for k, d in enumerate(decoded) if looping(d, tokenizer) and beam < RETRY_BEAM]
         if retry:
             # a repetition loop: beam search usually escapes it; same request, same answer
             again = _generate(
@@ -138,7 +153,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             )
             for k, d in zip(retry, again, strict=True):
                 decoded[k] = d
-        copied = [k for k, d in enumerate(decoded) if _copies_prompt(d, prepared[members[k]], tokenizer)]
+        copied = [k for k, d in enumerate(decoded) if copies_prompt(d, prepared[members[k]].previous, tokenizer)]
         if copied:
             # the same request without its prompt: what it says then was said, not copied
             bare = [prepared[members[k]].without_prompt(tokenizer) for k in copied]
@@ -147,10 +162,11 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
                 decoded[k] = d
         for d in decoded:
             # still looping: keep the text before the loop (one copy of the repeated part)
-            _cut_loop(d, tokenizer)
+            cut_loop(d, tokenizer)
         words = _align(model, tokenizer, encoded, [prepared[i] for i in members], decoded)
         for k, i in enumerate(members):
-            results[i] = _segments(tokenizer, decoded[k], words[k], prepared[i].content * FRAME_SEC)
+            echo = prefix_echo(words[k], decoded[k])
+            results[i] = _segments(tokenizer, decoded[k], words[k], prepared[i].content * FRAME_SEC, echo)
     return results
 
 
@@ -169,9 +185,18 @@ def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: Decode
     if request.prompt.strip():
         previous = tokenizer.encode(" " + request.prompt.strip())[-PROMPT_TOKENS:]
         prompt = [tokenizer.sot_prev, *previous]
-        words = _plain_words(tokenizer.decode(previous))
+        words = plain_words(tokenizer.decode(previous))
     prompt.extend(tokenizer.sot_sequence)
-    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt, words)
+    prefix: tuple[int, ...] = ()
+    text: list[int] = []
+    if request.prefix.strip():
+        # an open segment from the start of the audio (closing it with the committed words' end
+        # time made the model stop there: measured, it lost whole phrases)
+        text = tokenizer.encode(" " + request.prefix.strip())
+        prefix = (tokenizer.timestamp_begin, *text)
+        prompt.extend(prefix)
+    features = pad_or_trim(features[:, :content], window)
+    return _Prepared(features, content, window, prompt, words, prefix, len(text))
 
 
 def _encode(model: Any, prepared: list[_Prepared], window: int) -> Any:
@@ -196,17 +221,9 @@ def _select(encoded: Any, rows: list[int]) -> Any:
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[rows]))
 
 
-@dataclass
-class _Decoded:
-    tokens: list[int]
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-
-
 def _generate(
     model: Any, tokenizer: Any, encoded: Any, prepared: list[_Prepared], beam: int, options: DecodeOptions
-) -> list[_Decoded]:
+) -> list[Decoded]:
     longest_prompt = max(len(p.prompt) for p in prepared)
     longest_content = max(p.content for p in prepared) * FRAME_SEC
     budget = max(MIN_NEW_TOKENS, round(longest_content * TOKENS_PER_SEC))
@@ -222,76 +239,18 @@ def _generate(
         max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
     )
     decoded = []
-    for result in results:
+    for result, p in zip(results, prepared, strict=True):
         tokens = list(result.sequences_ids[0])
         # faster-whisper's average log-probability (length penalty 1)
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
-        decoded.append(_Decoded(tokens, avg_logprob, result.no_speech_prob, _compression_ratio(text)))
+        prefix = p.prefix_text
+        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot][prefix:]).strip()
+        decoded.append(Decoded(tokens, avg_logprob, result.no_speech_prob, compression_ratio(text), prefix))
     return decoded
 
 
-def _looping(decoded: _Decoded, tokenizer: Any) -> bool:
-    text = _text_tokens(decoded, tokenizer)
-    return decoded.compression_ratio > COMPRESSION_RATIO_LIMIT or _loop_start(text) is not None
-
-
-def _text_tokens(decoded: _Decoded, tokenizer: Any) -> list[int]:
-    return [t for t in decoded.tokens if t < tokenizer.eot]
-
-
-def _loop_start(tokens: list[int]) -> int | None:
-    """Where a repetition loop starts: a run of 1-4 tokens said ``LOOP_REPEATS`` times in a row.
-
-    Returns the index of the second copy (the first is kept), or ``None``. Short texts compress
-    badly, so the compression ratio misses loops like "9, 9, 9, 9, 9" in a few-second buffer.
-    """
-    for i in range(len(tokens)):
-        for period in range(1, LOOP_MAX_PERIOD + 1):
-            unit = tokens[i : i + period]
-            end = i + period * LOOP_REPEATS
-            if end > len(tokens):
-                break
-            if all(tokens[j : j + period] == unit for j in range(i, end, period)):
-                return i + period
-    return None
-
-
-def _cut_loop(decoded: _Decoded, tokenizer: Any) -> None:
-    start = _loop_start(_text_tokens(decoded, tokenizer))
-    if start is None:
-        return
-    # the same place in the full sequence, which has timestamps between the text tokens
-    kept = 0
-    for n, token in enumerate(decoded.tokens):
-        if token < tokenizer.eot:
-            if kept == start:
-                decoded.tokens = decoded.tokens[:n]
-                return
-            kept += 1
-
-
-def _plain_words(text: str) -> tuple[str, ...]:
-    return tuple(w for w in (w.strip(_PREPEND + _APPEND).lower() for w in text.split()) if w)
-
-
-def _copies_prompt(decoded: _Decoded, prepared: _Prepared, tokenizer: Any) -> bool:
-    """The decode holds ``PROMPT_COPY_WORDS`` consecutive words that its prompt holds too."""
-    n = PROMPT_COPY_WORDS
-    if len(prepared.previous) < n:
-        return False
-    said = _plain_words(tokenizer.decode(_text_tokens(decoded, tokenizer)))
-    grams = {prepared.previous[i : i + n] for i in range(len(prepared.previous) - n + 1)}
-    return any(said[i : i + n] in grams for i in range(len(said) - n + 1))
-
-
-def _compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
 def _align(
-    model: Any, tokenizer: Any, encoded: Any, prepared: list[_Prepared], decoded: list[_Decoded]
+    model: Any, tokenizer: Any, encoded: Any, prepared: list[_Prepared], decoded: list[Decoded]
 ) -> list[list[dict[str, Any]]]:
     """Word timings of each decode (faster-whisper's ``find_alignment``, batched)."""
     from faster_whisper.transcribe import merge_punctuations
@@ -307,7 +266,7 @@ def _align(
     )
     for k, alignment in zip(todo, aligned, strict=True):
         _clip_long_words(alignment)
-        merge_punctuations(alignment, _PREPEND, _APPEND)
+        merge_punctuations(alignment, PREPEND, APPEND)
         words[k] = [w for w in alignment if w["word"]]
     return words
 
@@ -327,8 +286,13 @@ def _clip_long_words(alignment: list[dict[str, Any]]) -> None:
                 alignment[i]["start"] = alignment[i]["end"] - max_duration
 
 
-def _segments(tokenizer: Any, decoded: _Decoded, words: list[dict[str, Any]], duration: float) -> list[Any]:
-    """Split a decode into segments at its timestamp tokens; each gets the words it holds."""
+def _segments(
+    tokenizer: Any, decoded: Decoded, words: list[dict[str, Any]], duration: float, echo: int = 0
+) -> list[Any]:
+    """Split a decode into segments at its timestamp tokens; each gets the words it holds.
+
+    Words of the forced prefix, and ``echo`` words after them, are left out.
+    """
     from faster_whisper.transcribe import Segment, Word
 
     begin = tokenizer.timestamp_begin
@@ -352,14 +316,25 @@ def _segments(tokenizer: Any, decoded: _Decoded, words: list[dict[str, Any]], du
         spans.append((start or 0.0, duration, current))
     segments = []
     cursor = 0
+    seen = 0  # text tokens of the words passed so far
     for n, (seg_start, seg_end, tokens) in enumerate(spans):
         seg_words, used = [], 0
         while cursor < len(words) and used < len(tokens):
             w = words[cursor]
             end = min(float(w["end"]), duration)
-            seg_words.append(Word(min(float(w["start"]), end), end, w["word"], float(w["probability"])))
             used += len(w["tokens"])
+            seen += len(w["tokens"])
             cursor += 1
+            if seen <= decoded.prefix:
+                continue  # committed already: the prefix the decode continued
+            if echo > 0:
+                echo -= 1
+                continue
+            text = w["word"]
+            if seen - len(w["tokens"]) < decoded.prefix:
+                # the continuation's first tokens joined the prefix's last word ("call" + "er")
+                text = tokenizer.decode(w["tokens"][decoded.prefix - (seen - len(w["tokens"])) :])
+            seg_words.append(Word(min(float(w["start"]), end), end, text, float(w["probability"])))
         segments.append(
             Segment(
                 id=n,

@@ -61,6 +61,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="agreement (default): commit as decodes agree, lowest latency; utterance: commit each"
         " utterance once at its end, closest to offline (chunk decodes then only feed partials)",
     )
+    asr.add_argument(
+        "--commit-deadline-sec",
+        type=float,
+        help="agreement: commit a word once this much audio follows it, agreed or not (bounds commit"
+        " lag, costs accuracy; default none)",
+    )
+    asr.add_argument(
+        "--committed-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode each buffer as a continuation of its committed words (better on clean 16 kHz"
+        " calls, worse on 8 kHz mu-law; default off)",
+    )
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -97,6 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "beam_size": args.beam_size,
         "final_beam_size": args.final_beam_size,
         "commit_policy": args.commit_policy,
+        "commit_deadline_sec": args.commit_deadline_sec,
+        "committed_prefix": args.committed_prefix,
     }
     changes = {k: v for k, v in asr_flags.items() if v is not None}
     if not changes:

@@ -1,0 +1,125 @@
+"""Checks on the text of one decode: repetition loops, prompt copies, prefix echoes.
+
+Whisper fails in a few known ways on short or unclear audio; :func:`~worker.backends.whisper_decode.decode_batch`
+asks these functions about each decode and decodes again or cuts:
+
+* a **loop** ("I'm I'm I'm ...", "9, 9, 9, 9"): decoded again with a beam; cut after the first copy
+  if it still loops;
+* a **prompt copy**: the decode repeats words of its prompt; decoded again without the prompt;
+* a **prefix echo**: a continuation says its forced prefix again; those words are dropped.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+#: Above this gzip compression ratio a decode is a repetition loop (Whisper's own threshold).
+COMPRESSION_RATIO_LIMIT = 2.4
+#: A run of up to this many tokens said this many times in a row is a loop ("9, 9, 9, 9", or
+#: "Thanks, you too." four times at the end of a call's customer channel).
+LOOP_MAX_PERIOD = 8
+LOOP_REPEATS = 4
+#: A decode that repeats this many consecutive words of its prompt may be copying the prompt
+#: (Whisper does so on short or unclear audio); it is decoded again without one.
+PROMPT_COPY_WORDS = 4
+#: A continuation that starts by saying this many words of its prefix again is echoing it.
+PREFIX_ECHO_WORDS = 2
+#: Punctuation that faster-whisper merges into the next word, and into the previous one.
+PREPEND = "\"'“¿([{-"
+APPEND = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass
+class Decoded:
+    """A decode's tokens (its forced prefix and what it said), with faster-whisper's scores."""
+
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    #: Text tokens at the start of ``tokens`` that are the request's forced prefix.
+    prefix: int = 0
+
+
+def looping(decoded: Decoded, tokenizer: Any) -> bool:
+    text = text_tokens(decoded, tokenizer)
+    return decoded.compression_ratio > COMPRESSION_RATIO_LIMIT or loop_start(text) is not None
+
+
+def text_tokens(decoded: Decoded, tokenizer: Any) -> list[int]:
+    """The decode's own text tokens (after its forced prefix)."""
+    return [t for t in decoded.tokens if t < tokenizer.eot][decoded.prefix :]
+
+
+def loop_start(tokens: list[int]) -> int | None:
+    """Where a repetition loop starts: a run of 1-8 tokens said ``LOOP_REPEATS`` times in a row.
+
+    Returns the index of the second copy (the first is kept), or ``None``. Short texts compress
+    badly, so the compression ratio misses loops like "9, 9, 9, 9, 9" in a few-second buffer.
+    """
+    for i in range(len(tokens)):
+        for period in range(1, LOOP_MAX_PERIOD + 1):
+            unit = tokens[i : i + period]
+            end = i + period * LOOP_REPEATS
+            if end > len(tokens):
+                break
+            if all(tokens[j : j + period] == unit for j in range(i, end, period)):
+                return i + period
+    return None
+
+
+def cut_loop(decoded: Decoded, tokenizer: Any) -> None:
+    start = loop_start(text_tokens(decoded, tokenizer))
+    if start is None:
+        return
+    # the same place in the full sequence, which has timestamps between the text tokens
+    kept = -decoded.prefix
+    for n, token in enumerate(decoded.tokens):
+        if token < tokenizer.eot:
+            if kept == start:
+                decoded.tokens = decoded.tokens[:n]
+                return
+            kept += 1
+
+
+def plain_words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in (w.strip(PREPEND + APPEND).lower() for w in text.split()) if w)
+
+
+def copies_prompt(decoded: Decoded, previous: tuple[str, ...], tokenizer: Any) -> bool:
+    """The decode holds ``PROMPT_COPY_WORDS`` consecutive words of ``previous`` (its prompt's words)."""
+    n = PROMPT_COPY_WORDS
+    if len(previous) < n:
+        return False
+    said = plain_words(tokenizer.decode(text_tokens(decoded, tokenizer)))
+    grams = {previous[i : i + n] for i in range(len(previous) - n + 1)}
+    return any(said[i : i + n] in grams for i in range(len(said) - n + 1))
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def prefix_echo(words: list[dict[str, Any]], decoded: Decoded) -> int:
+    """Words at the start of a continuation that say its prefix's last words again.
+
+    Given a prefix that already holds everything the audio says, Whisper tends to say it again
+    (an utterance end right after a pause's commit). A real repetition is rarely
+    ``PREFIX_ECHO_WORDS`` words or longer, so such a run is dropped.
+    """
+    if not decoded.prefix:
+        return 0
+    said, seen, split = [], 0, 0
+    for w in words:
+        seen += len(w["tokens"])
+        said.extend(plain_words(w["word"]))
+        if seen <= decoded.prefix:
+            split = len(said)
+    before, after = said[:split], said[split:]
+    for n in range(min(len(before), len(after)), PREFIX_ECHO_WORDS - 1, -1):
+        if after[:n] == before[-n:]:
+            return n
+    return 0
