@@ -122,12 +122,15 @@ class _Prepared:
     previous: tuple[str, ...] = ()
     #: The forced prefix after the task tokens: a timestamp and the committed text's tokens.
     prefix: tuple[int, ...] = ()
-    #: Text tokens in ``prefix``.
-    prefix_text: int = 0
+
+    @property
+    def prefix_text(self) -> int:
+        """Text tokens in ``prefix`` (all but its opening timestamp)."""
+        return max(0, len(self.prefix) - 1)
 
     def without_prompt(self, tokenizer: Any) -> _Prepared:
         prompt = [*tokenizer.sot_sequence, *self.prefix]
-        return _Prepared(self.features, self.content, self.window, prompt, (), self.prefix, self.prefix_text)
+        return _Prepared(self.features, self.content, self.window, prompt, (), self.prefix)
 
 
 def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
@@ -188,15 +191,12 @@ def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: Decode
         words = plain_words(tokenizer.decode(previous))
     prompt.extend(tokenizer.sot_sequence)
     prefix: tuple[int, ...] = ()
-    text: list[int] = []
     if request.prefix.strip():
         # an open segment from the start of the audio (closing it with the committed words' end
         # time made the model stop there: measured, it lost whole phrases)
-        text = tokenizer.encode(" " + request.prefix.strip())
-        prefix = (tokenizer.timestamp_begin, *text)
+        prefix = (tokenizer.timestamp_begin, *tokenizer.encode(" " + request.prefix.strip()))
         prompt.extend(prefix)
-    features = pad_or_trim(features[:, :content], window)
-    return _Prepared(features, content, window, prompt, words, prefix, len(text))
+    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt, words, prefix)
 
 
 def _encode(model: Any, prepared: list[_Prepared], window: int) -> Any:
