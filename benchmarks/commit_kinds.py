@@ -4,8 +4,8 @@
     python -m benchmarks.commit_kinds --subset ci --set commit_deadline_sec=2 --json words.json
 
 Streams each call's 16 kHz mix as ``benchmarks.long_calls`` does and tags every committed word
-with the point that committed it (``chunk``, ``phrase`` for a 0.3 s pause, ``final`` for an
-utterance end, ``finish``) and the rule (``agreed``: two hypotheses agreed; ``confident``: one
+with the point that committed it (``chunk``, ``pause`` for a 0.3 s pause, ``utterance_end``,
+``finish``) and the rule (``agreed``: two hypotheses agreed; ``confident``: one
 hypothesis, high probability, well inside the audio; ``due``: the commit deadline; ``rest``: the
 rest of the hypothesis, as pauses and utterance ends commit it). Each word is scored against the
 reference after Whisper's normaliser (a substitution or insertion makes it wrong) and bucketed by
@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.call_scoring import normalise
 from benchmarks.calls import build_calls, default_cache_dir
-from benchmarks.long_calls import config_from
+from benchmarks.long_calls import config_from, stream_commits
 from worker.asr import hypothesis
 from worker.asr.audio import decode_file
 from worker.backends.registry import load_processor
@@ -63,22 +63,11 @@ def _tagging() -> dict[int, str]:
 
 def stream_call(processor: Any, rules: dict[int, str], call: Any) -> list[dict[str, Any]]:
     """Stream one call's mix; every committed word with its kind, probability and lag."""
-    audio = decode_file(call.mix16k, 16000)
-    processor.init()
     words: list[dict[str, Any]] = []
-
-    def take(committed: Any, fed: int, point: str) -> None:
+    for committed, emit, point in stream_commits(processor, decode_file(call.mix16k, 16000), 16000):
         for w in committed.words or ():
             kind = f"{point}/{rules.get(id(w), '?')}"
-            words.append({"text": w.text, "end": w.end, "p": w.probability, "lag": fed / 16000 - w.end, "kind": kind})
-
-    for fed in range(0, audio.shape[0], 1600):
-        processor.insert_audio_chunk(audio[fed : fed + 1600])
-        while processor.is_due():
-            final, phrase = processor.voice.pause_after_current(), processor._phrase_due()
-            point = "final" if final else "phrase" if phrase else "chunk"
-            take(processor.process_iter(), min(audio.shape[0], fed + 1600), point)
-    take(processor.finish(), audio.shape[0], "finish")
+            words.append({"text": w.text, "end": w.end, "p": w.probability, "lag": emit - w.end, "kind": kind})
     return words
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ from benchmarks.calls import Call, build_calls, default_cache_dir
 from benchmarks.simulate_rtf import machine
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import StreamingProcessor
+from worker.asr.contracts import ASRProcessor, Committed, StreamingProcessor
+from worker.asr.online import OnlineASRProcessor
 from worker.backends.registry import load_processor
 
 SETS = ("mix", "ulaw", "stereo")
@@ -104,38 +106,55 @@ def streams_of(call: Call, sets: list[str]) -> list[Stream]:
     return out
 
 
-def run_streaming(
-    config: ASRConfig, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
-) -> tuple[str, list[float], float]:
-    """Feed ``audio`` as the worker gets it and collect (text, per-word lags, busy seconds).
+def stream_commits(
+    processor: ASRProcessor, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
+) -> Iterator[tuple[Committed, float, str]]:
+    """Feed ``audio`` as the worker gets it; yield (committed, audio seconds fed, point).
 
     Chunks of ``chunk_sec`` (a producer's frames: 100 ms by default) go in back to back, and
     after each the processor runs while it is due, exactly as the worker's loop drives it
-    (``min_chunk_size`` of new audio, or a pause the voice tracker heard). A word's lag is its
-    own: the audio fed when it was committed minus its end. Unaware of compute time, so the
-    figures do not depend on the machine's speed.
+    (``min_chunk_size`` of new audio, or a pause the voice tracker heard). ``point`` is the
+    processor's :meth:`~worker.asr.online.OnlineASRProcessor.due_point` (``"chunk"`` for a
+    processor without one), and ``"finish"`` for the end of the stream. Unaware of compute time,
+    so what is committed does not depend on the machine's speed.
+    """
+    processor.init()
+    step = max(1, round(chunk_sec * rate))
+
+    def point() -> str | None:
+        if isinstance(processor, OnlineASRProcessor):
+            return processor.due_point()
+        if isinstance(processor, StreamingProcessor):
+            return "chunk" if processor.is_due() else None
+        return "chunk"
+
+    for fed in range(0, audio.shape[0], step):
+        processor.insert_audio_chunk(audio[fed : fed + step])
+        emit = min(audio.shape[0], fed + step) / rate
+        while (kind := point()) is not None:
+            yield processor.process_iter(), emit, kind
+    yield processor.finish(), audio.shape[0] / rate, "finish"
+
+
+def run_streaming(
+    config: ASRConfig, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
+) -> tuple[str, list[float], float]:
+    """Stream ``audio`` (:func:`stream_commits`); return (text, per-word lags, busy seconds).
+
+    A word's lag is its own: the audio fed when it was committed minus its end.
     """
     processor, _meta = load_processor(config)
-    step = max(1, round(chunk_sec * rate))
     texts: list[str] = []
     lags: list[float] = []
-
-    def take(committed: Any, emit: float) -> None:
+    started = time.perf_counter()
+    for committed, emit, _point in stream_commits(processor, audio, rate, chunk_sec):
         if not committed.text.strip():
-            return
+            continue
         texts.append(committed.text.strip())
         if committed.words:
             lags.extend(emit - w.end for w in committed.words)
         elif committed.end is not None:  # a backend without words: the segment's lag for each word
             lags.extend([emit - committed.end] * len(committed.text.split()))
-
-    due = processor.is_due if isinstance(processor, StreamingProcessor) else (lambda: True)
-    started = time.perf_counter()
-    for fed in range(0, audio.shape[0], step):
-        processor.insert_audio_chunk(audio[fed : fed + step])
-        while due():
-            take(processor.process_iter(), min(audio.shape[0], fed + step) / rate)
-    take(processor.finish(), audio.shape[0] / rate)
     return " ".join(texts), lags, time.perf_counter() - started
 
 

@@ -15,7 +15,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 from benchmarks.call_scoring import percentile, pooled
 from benchmarks.calls import build_calls
-from benchmarks.long_calls import Stream, evaluate, streams_of
+from benchmarks.long_calls import Stream, evaluate, stream_commits, streams_of
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
 from worker.backends.registry import load_processor
@@ -49,15 +49,11 @@ def test_utterance_ends_mark_the_pauses_between_turns_and_nothing_inside_a_phras
     audio = stream.audio(16000)
     processor, _ = load_processor(ASRConfig())
     marks: list[float] = []
-    for fed in range(0, audio.shape[0], 1600):
-        processor.insert_audio_chunk(audio[fed : fed + 1600])
-        while processor.is_due():
-            committed = processor.process_iter()
-            if committed.utterance_end:
-                marks.append(committed.end)
-    final = processor.finish()
-    if final.utterance_end:
-        marks.append(final.end)
+    for committed, _emit, point in stream_commits(processor, audio, 16000):
+        if committed.utterance_end:
+            # only the processing points that close a stretch mark one
+            assert point in ("utterance_end", "finish"), (point, committed.text)
+            marks.append(committed.end)
     # the agent's turns on its own channel: each is followed by at least the other party's turn
     turns = [t for t in call.turns if t.speaker == 0]
     ends = np.array([t.end for t in turns])
@@ -110,7 +106,7 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
 def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, tmp_path):
     call = ci_calls[1]
     stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
-    waiting = evaluate(stream, ASRConfig(), tmp_path)
+    waiting = evaluate(stream, ASRConfig(commit_deadline_sec=None), tmp_path)
     bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5), tmp_path)
     p95 = percentile(waiting.lags, 95), percentile(bounded.lags, 95)
     print(f"{call.name}: lag p95 {p95[0]:.2f} s, with a 1.5 s deadline {p95[1]:.2f} s")
@@ -128,7 +124,7 @@ def test_commit_kinds_names_the_rule_that_committed_every_word(tmp_path, capsys)
     words = json.loads(out.read_text())
     points, rules = {w["kind"].split("/")[0] for w in words}, {w["kind"].split("/")[1] for w in words}
     assert len(words) > 80 and "?" not in rules
-    assert {"chunk", "final"} <= points and {"agreed", "rest"} <= rules
+    assert {"chunk", "utterance_end"} <= points and {"agreed", "rest"} <= rules
     assert "wrong by probability" in capsys.readouterr().out
 
 

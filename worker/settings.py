@@ -26,7 +26,12 @@ class WorkerSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAMSCRIBE_", env_nested_delimiter="__", env_file=".env", extra="ignore", frozen=True
+        env_prefix="STREAMSCRIBE_",
+        env_nested_delimiter="__",
+        env_parse_none_str="null",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
     )
 
     redis_url: str = Field("redis://localhost:6379/0", description="Redis or Valkey URL (any node of a cluster)")

@@ -36,11 +36,12 @@ class ASRConfig(BaseModel):
         " full 30 s window; chunk decodes only feed partials (closest to offline, commits later)",
     )
     commit_deadline_sec: float | None = Field(
-        None,
+        2.5,
         gt=0,
         le=30,
         description="agreement: a word with this much audio after it commits from the newest decode, agreed or"
-        " not (bounds commit lag at the cost of accuracy); None: wait for agreement, a pause or the utterance end",
+        " not (bounds commit lag; about +0.3 WER points at 2.5 s); None: wait for agreement, a pause or the"
+        " utterance end",
     )
     committed_prefix: bool = Field(
         False,

@@ -29,7 +29,10 @@ whisper_streaming's voice activity controller does it:
   the stretch with the pause after it as padding, commits the whole hypothesis (marked
   ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
   decode is cheap and the words at a turn's end commit about half a second after they are said;
-* within a stretch, LocalAgreement-2 commits as before; with ``commit_policy="utterance"``
+* within a stretch, LocalAgreement-2 commits as before, and with ``commit_deadline_sec``
+  (2.5 s in ``ASRConfig``; unset for a processor built directly) a word of the newest hypothesis
+  commits once that much audio follows it, agreed or not, which bounds commit lag; with
+  ``commit_policy="utterance"``
   nothing commits inside a stretch: its chunk decodes only feed partials, and the stretch is
   committed once, at its end, from one decode in Whisper's full window.
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
@@ -41,7 +44,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -64,6 +67,8 @@ PROMPT_CHARS = 200
 MAX_BUFFER_SEC = 28.0
 #: When the buffer holds no words at all, keep this much of its end (a word may be starting).
 KEEP_UNVOICED_SEC = 1.0
+#: What makes an iteration due: see :meth:`OnlineASRProcessor.due_point`.
+ProcessingPoint = Literal["utterance_end", "pause", "chunk"]
 _SENTENCE_END = re.compile(r"[.!?…。？！]['\"”’)\]]*$")
 
 
@@ -191,9 +196,19 @@ class OnlineASRProcessor(UtteranceBuffering):
 
     def is_due(self) -> bool:
         """Enough new audio arrived for another iteration, or (``vac``) the voice paused."""
-        if self.vac and (self.voice.pause_after_current() or self._phrase_due()):
-            return True
-        return self.unprocessed_sec >= self.min_chunk_sec
+        return self.due_point() is not None
+
+    def due_point(self) -> ProcessingPoint | None:
+        """The kind of processing point the next iteration is, or ``None`` while not due.
+
+        ``"utterance_end"`` and ``"pause"`` come only with ``vac`` (the voice paused for
+        ``VAC_SILENCE_SEC`` or ``PHRASE_PAUSE_SEC``); ``"chunk"`` is ``min_chunk_sec`` of new audio.
+        """
+        if self.vac and self.voice.pause_after_current():
+            return "utterance_end"
+        if self.vac and self._phrase_due():
+            return "pause"
+        return "chunk" if self.unprocessed_sec >= self.min_chunk_sec else None
 
     def partial(self) -> Committed:
         """The unconfirmed hypothesis after the last iteration (words not committed yet)."""

@@ -48,9 +48,19 @@ def looping(decoded: Decoded, tokenizer: Any) -> bool:
     return decoded.compression_ratio > COMPRESSION_RATIO_LIMIT or loop_start(text) is not None
 
 
+def scored(tokens: list[int], avg_logprob: float, no_speech_prob: float, prefix: int, tokenizer: Any) -> Decoded:
+    """A generated sequence as :class:`Decoded`, its compression ratio taken over its own text."""
+    own = tokenizer.decode(_own(tokens, prefix, tokenizer)).strip()
+    return Decoded(tokens, avg_logprob, no_speech_prob, compression_ratio(own), prefix)
+
+
 def text_tokens(decoded: Decoded, tokenizer: Any) -> list[int]:
     """The decode's own text tokens (after its forced prefix)."""
-    return [t for t in decoded.tokens if t < tokenizer.eot][decoded.prefix :]
+    return _own(decoded.tokens, decoded.prefix, tokenizer)
+
+
+def _own(tokens: list[int], prefix: int, tokenizer: Any) -> list[int]:
+    return [t for t in tokens if t < tokenizer.eot][prefix:]
 
 
 def loop_start(tokens: list[int]) -> int | None:

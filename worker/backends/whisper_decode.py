@@ -43,12 +43,12 @@ from worker.backends.decode_guards import (
     APPEND,
     PREPEND,
     Decoded,
-    compression_ratio,
     copies_prompt,
     cut_loop,
     looping,
     plain_words,
     prefix_echo,
+    scored,
 )
 
 #: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
@@ -243,9 +243,7 @@ def _generate(
         tokens = list(result.sequences_ids[0])
         # faster-whisper's average log-probability (length penalty 1)
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        prefix = p.prefix_text
-        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot][prefix:]).strip()
-        decoded.append(Decoded(tokens, avg_logprob, result.no_speech_prob, compression_ratio(text), prefix))
+        decoded.append(scored(tokens, avg_logprob, result.no_speech_prob, p.prefix_text, tokenizer))
     return decoded
 
 

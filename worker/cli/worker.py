@@ -26,6 +26,19 @@ CONNECT_RETRY_MAX_SEC = 10.0
 log = logging.getLogger(__name__)
 
 
+#: What an optional flag's ``none`` parses to: the setting is None (a flag not given is None too).
+NONE = object()
+
+
+def _seconds_or_none(text: str) -> float | object:
+    if text.strip().lower() == "none":
+        return NONE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a transcription worker (settings also from STREAMSCRIBE_* and .env)")
     p.add_argument("--redis-url", help="default redis://localhost:6379/0")
@@ -63,9 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     asr.add_argument(
         "--commit-deadline-sec",
-        type=float,
+        type=_seconds_or_none,
         help="agreement: commit a word once this much audio follows it, agreed or not (bounds commit"
-        " lag, costs accuracy; default none)",
+        " lag, costs some accuracy; default 2.5; 'none' waits for agreement or a pause)",
     )
     asr.add_argument(
         "--committed-prefix",
@@ -113,7 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "commit_deadline_sec": args.commit_deadline_sec,
         "committed_prefix": args.committed_prefix,
     }
-    changes = {k: v for k, v in asr_flags.items() if v is not None}
+    changes = {k: (None if v is NONE else v) for k, v in asr_flags.items() if v is not None}
     if not changes:
         return settings
     return settings.model_copy(update={"asr": settings.asr.replace(**changes)})
