@@ -342,7 +342,7 @@ def test_a_continuation_that_says_its_prefix_again_is_an_echo_and_one_repeated_w
     assert prefix_echo(said, decoded(0)) == 0
 
 
-def test_the_commit_deadline_is_on_by_default_and_none_turns_it_off_from_flag_and_environment(monkeypatch):
+def test_the_commit_deadline_is_off_by_default_and_set_or_unset_from_flag_and_environment(monkeypatch):
     import argparse
 
     from worker.cli.worker import add_parser, settings_from_args
@@ -354,9 +354,9 @@ def test_the_commit_deadline_is_on_by_default_and_none_turns_it_off_from_flag_an
     def deadline(*flags: str) -> float | None:
         return settings_from_args(parser.parse_args(["worker", *flags])).asr.commit_deadline_sec
 
-    assert ASRConfig().commit_deadline_sec == 2.5 and deadline() == 2.5
+    assert ASRConfig().commit_deadline_sec is None and deadline() is None
+    assert deadline("--commit-deadline-sec", "2.5") == 2.5
     assert deadline("--commit-deadline-sec", "none") is None
-    assert deadline("--commit-deadline-sec", "1.5") == 1.5
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--commit-deadline-sec", "soon"])
     monkeypatch.setenv("STREAMSCRIBE_ASR__COMMIT_DEADLINE_SEC", "null")

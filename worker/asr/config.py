@@ -36,12 +36,12 @@ class ASRConfig(BaseModel):
         " full 30 s window; chunk decodes only feed partials (closest to offline, commits later)",
     )
     commit_deadline_sec: float | None = Field(
-        2.5,
+        None,
         gt=0,
         le=30,
         description="agreement: a word with this much audio after it commits from the newest decode, agreed or"
-        " not (bounds commit lag; about +0.3 WER points at 2.5 s); None: wait for agreement, a pause or the"
-        " utterance end",
+        " not (2.5 s: commit lag p95 under 3 s, +0.3 WER points on 16 kHz calls, +1.2 on 8 kHz mu-law);"
+        " None: wait for agreement, a pause or the utterance end",
     )
     committed_prefix: bool = Field(
         False,

@@ -30,11 +30,11 @@ whisper_streaming's voice activity controller does it:
   ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
   decode is cheap and the words at a turn's end commit about half a second after they are said;
 * within a stretch, LocalAgreement-2 commits as before, and with ``commit_deadline_sec``
-  (2.5 s in ``ASRConfig``; unset for a processor built directly) a word of the newest hypothesis
-  commits once that much audio follows it, agreed or not, which bounds commit lag; with
-  ``commit_policy="utterance"``
-  nothing commits inside a stretch: its chunk decodes only feed partials, and the stretch is
-  committed once, at its end, from one decode in Whisper's full window.
+  (off by default: it costs accuracy on 8 kHz audio) a word of the newest hypothesis
+  commits once that much audio follows it, agreed or not, which bounds commit lag. With
+  ``commit_policy="utterance"`` nothing commits inside a stretch: its chunk decodes only feed
+  partials, and the stretch is committed once, at its end, from one decode in Whisper's full
+  window.
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost.
 """

@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--commit-deadline-sec",
         type=_seconds_or_none,
         help="agreement: commit a word once this much audio follows it, agreed or not (bounds commit"
-        " lag, costs some accuracy; default 2.5; 'none' waits for agreement or a pause)",
+        " lag, costs accuracy on 8 kHz audio; default none: wait for agreement or a pause)",
     )
     asr.add_argument(
         "--committed-prefix",
