@@ -36,28 +36,23 @@ PROBABILITY_EDGES = (0.0, 0.5, 0.7, 0.85, 0.95, 1.01)
 
 
 def _tagging() -> dict[int, str]:
-    """Wrap ``flush``/``force_commit`` so every committed Word's id maps to its rule."""
+    """Wrap the rules of ``flush`` and ``force_commit`` so every committed Word's id maps to its rule."""
     rules: dict[int, str] = {}
-    flush, force = hypothesis.HypothesisBuffer.flush, hypothesis.HypothesisBuffer.force_commit
+    buffer = hypothesis.HypothesisBuffer
 
-    def tagged_flush(self: Any, confident_before: Any = None, confidence: float = 1.0, due_before: Any = None):
-        agreed = 0
-        while agreed < min(len(self.new), len(self.buffer)) and self.new[agreed].text == self.buffer[agreed].text:
-            agreed += 1
-        out = flush(self, confident_before, confidence, due_before)
-        for i, w in enumerate(out):
-            high = confident_before is not None and w.end <= confident_before and w.probability >= confidence
-            rules[id(w)] = "agreed" if i < agreed else ("confident" if high else "due")
-        return out
+    def tag(rule: str, pop: Any) -> Any:
+        def tagged(*args: Any, **kwargs: Any) -> list[Any]:
+            out = pop(*args, **kwargs)
+            for w in out:
+                rules[id(w)] = rule
+            return out
 
-    def tagged_force(self: Any, keep_last: int = 0):
-        out = force(self, keep_last)
-        for w in out:
-            rules[id(w)] = "rest"
-        return out
+        return tagged
 
-    hypothesis.HypothesisBuffer.flush = tagged_flush  # type: ignore[method-assign]
-    hypothesis.HypothesisBuffer.force_commit = tagged_force  # type: ignore[method-assign]
+    buffer._agreed = tag("agreed", buffer._agreed)  # type: ignore[method-assign]
+    buffer._confident = tag("confident", buffer._confident)  # type: ignore[method-assign]
+    buffer._due = tag("due", buffer._due)  # type: ignore[method-assign]
+    buffer.force_commit = tag("rest", buffer.force_commit)  # type: ignore[method-assign]
     return rules
 
 

@@ -363,3 +363,17 @@ def test_the_commit_deadline_is_off_by_default_and_set_or_unset_from_flag_and_en
     assert WorkerSettings().asr.commit_deadline_sec is None and deadline() is None
     monkeypatch.setenv("STREAMSCRIBE_ASR__COMMIT_DEADLINE_SEC", "2")
     assert deadline() == 2.0 and deadline("--commit-deadline-sec", "none") is None
+
+
+def test_three_words_the_alignment_gives_no_time_are_dropped_and_two_stay():
+    from worker.asr.contracts import Word
+    from worker.backends.decode_guards import drop_timeless
+
+    said = [Word(0.0, 1.24, " No,", 0.9), Word(1.52, 1.82, " nothing", 0.9)]
+    piled = [Word(1.82, 1.82, w, 0.4) for w in (" else", " to", " me", " No,")]
+    rest = [Word(1.96, 2.32, " else", 0.9), Word(2.32, 2.5, " to", 0.9), Word(2.5, 2.74, " me", 0.9)]
+    assert drop_timeless(said + piled + rest) == said + rest
+    assert drop_timeless(said + piled) == said  # at the end of the hypothesis too
+    fast = [Word(2.0, 2.02, " a", 0.9), Word(2.02, 2.04, " b", 0.9)]
+    assert drop_timeless(said + fast + rest) == said + fast + rest
+    assert drop_timeless([]) == []

@@ -80,17 +80,11 @@ class HypothesisBuffer:
         ``due_before``, the new hypothesis's words that end before it are committed whatever
         their agreement (but never its last word): a bound on how long a word can wait.
         """
-        commit: list[Word] = []
-        while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
-            word = self.new.pop(0)
-            self.buffer.pop(0)
-            commit.append(word)
+        commit = self._agreed()
         if confident_before is not None:
-            while len(self.new) > 1 and self.new[0].end <= confident_before and self.new[0].probability >= confidence:
-                commit.append(self.new.pop(0))
+            commit += self._confident(confident_before, confidence)
         if due_before is not None:
-            while len(self.new) > 1 and self.new[0].end <= due_before:
-                commit.append(self.new.pop(0))
+            commit += self._due(due_before)
         if commit:
             self.last_committed_word = commit[-1].text
             self.last_committed_time = commit[-1].end
@@ -98,6 +92,28 @@ class HypothesisBuffer:
         self.new = []
         self.committed_in_buffer.extend(commit)
         return commit
+
+    def _agreed(self) -> list[Word]:
+        """Pop the new hypothesis's words that the unconfirmed one starts with too."""
+        agreed: list[Word] = []
+        while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
+            self.buffer.pop(0)
+            agreed.append(self.new.pop(0))
+        return agreed
+
+    def _confident(self, before: float, confidence: float) -> list[Word]:
+        """Pop the new hypothesis's next sure words that end before ``before`` (never its last)."""
+        sure: list[Word] = []
+        while len(self.new) > 1 and self.new[0].end <= before and self.new[0].probability >= confidence:
+            sure.append(self.new.pop(0))
+        return sure
+
+    def _due(self, before: float) -> list[Word]:
+        """Pop the new hypothesis's next words that end before ``before`` (never its last)."""
+        due: list[Word] = []
+        while len(self.new) > 1 and self.new[0].end <= before:
+            due.append(self.new.pop(0))
+        return due
 
     def hold(self) -> None:
         """Make the new hypothesis the unconfirmed one, committing nothing (see ``flush``)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from worker.asr.audio import resample
-from worker.asr.contracts import Committed, TranscribeRequest
+from worker.asr.contracts import Committed, TranscribeRequest, Word
 
 if TYPE_CHECKING:
     from worker.asr.online import OnlineASRProcessor
@@ -97,15 +97,15 @@ class UtteranceBuffering:
             return self._committed([])
         if phrase:
             return self._complete_phrase(request, result)
-        heard = self._insert(request, result)
-        if self.commit_at_utterance_end or not heard:
-            if heard:
-                self.transcript_buffer.hold()  # the partial; the stretch commits at its end
-            return self._committed(self._trim_after_iteration(result, False, drop_unvoiced=False))
-        end_sec = self.buffer_end / self.sample_rate
-        committed = self.transcript_buffer.flush(
-            end_sec - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY, self._deadline(end_sec)
-        )
+        committed: list[Word] = []
+        heard = self._insert(request, result)  # not heard: the last hypothesis stays
+        if heard and self.commit_at_utterance_end:
+            self.transcript_buffer.hold()  # the partial; the stretch commits at its end
+        elif heard:
+            end_sec = self.buffer_end / self.sample_rate
+            committed = self.transcript_buffer.flush(
+                end_sec - CONFIDENT_MARGIN_SEC, CONFIDENT_PROBABILITY, self._deadline(end_sec)
+            )
         # the voice tracker says the stretch goes on, so an empty hypothesis is no reason to drop it
         committed += self._trim_after_iteration(result, bool(committed), drop_unvoiced=False)
         return self._committed(committed)

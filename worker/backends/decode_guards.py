@@ -6,7 +6,9 @@ asks these functions about each decode and decodes again or cuts:
 * a **loop** ("I'm I'm I'm ...", "9, 9, 9, 9"): decoded again with a beam; cut after the first copy
   if it still loops;
 * a **prompt copy**: the decode repeats words of its prompt; decoded again without the prompt;
-* a **prefix echo**: a continuation says its forced prefix again; those words are dropped.
+* a **prefix echo**: a continuation says its forced prefix again; those words are dropped;
+* **timeless words**: a run of words that the alignment gives no time at all; they are dropped
+  (:func:`drop_timeless`, which the faster-whisper backend applies to every hypothesis).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from worker.asr.contracts import Word
 
 #: Above this gzip compression ratio a decode is a repetition loop (Whisper's own threshold).
 COMPRESSION_RATIO_LIMIT = 2.4
@@ -26,6 +30,11 @@ LOOP_REPEATS = 4
 PROMPT_COPY_WORDS = 4
 #: A continuation that starts by saying this many words of its prefix again is echoing it.
 PREFIX_ECHO_WORDS = 2
+#: Words shorter than this are timeless to the alignment, and a run of this many of them is text
+#: the audio does not hold (measured: "No, nothing else to me" said twice in one decode, the
+#: second copy's words all at one instant).
+TIMELESS_SEC = 0.05
+TIMELESS_RUN = 3
 #: Punctuation that faster-whisper merges into the next word, and into the previous one.
 PREPEND = "\"'“¿([{-"
 APPEND = "\"'.。,，!！?？:：”)]}、"
@@ -133,3 +142,26 @@ def prefix_echo(words: list[dict[str, Any]], decoded: Decoded) -> int:
         if after[:n] == before[-n:]:
             return n
     return 0
+
+
+def drop_timeless(words: list[Word]) -> list[Word]:
+    """``words`` without runs of ``TIMELESS_RUN`` or more words shorter than ``TIMELESS_SEC`` each.
+
+    Whisper sometimes says a phrase twice, or runs on after the audio, and the word alignment
+    then piles those words onto one instant. A real word takes time, so such a run is dropped
+    before LocalAgreement can agree on it (one or two short words, as the alignment gives fast
+    speech, stay).
+    """
+    kept: list[Word] = []
+    run: list[Word] = []
+    for word in words:
+        if word.end - word.start < TIMELESS_SEC:
+            run.append(word)
+            continue
+        if len(run) < TIMELESS_RUN:
+            kept.extend(run)
+        run = []
+        kept.append(word)
+    if len(run) < TIMELESS_RUN:
+        kept.extend(run)
+    return kept

@@ -16,6 +16,7 @@ import numpy as np
 from worker.asr.config import ASRConfig
 from worker.asr.contracts import ASRBase, ASRProcessor, TranscribeRequest, Word
 from worker.asr.online import OnlineASRProcessor
+from worker.backends.decode_guards import drop_timeless
 from worker.backends.model_cache import shared_model
 from worker.backends.offline_model import OFFLINE_MODEL_NAME, offline_base_available, offline_base_model_dir
 
@@ -171,7 +172,7 @@ class FasterWhisperASR(ASRBase):
                 continue
             for w in segment.words or ():
                 words.append(Word(w.start, w.end, w.word, w.probability))
-        return words
+        return drop_timeless(words)
 
     def segments_end_ts(self, result: list[Any]) -> list[float]:
         return [s.end for s in result]
