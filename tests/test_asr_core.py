@@ -40,6 +40,22 @@ def test_text_is_committed_only_once_two_consecutive_hypotheses_agree():
     assert [w.text for w in buf.complete()] == ["world", "again"]
 
 
+def test_the_newest_hypothesis_commits_what_it_shares_with_the_one_before_the_last():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.5, "have"), (0.5, 1.0, "you")), offset=0.0)
+    assert buf.flush() == []
+    # the second decode hears it differently: nothing two consecutive decodes say agrees yet
+    buf.insert(hyp((0.0, 0.5, "harm"), (0.5, 1.0, "you"), (1.0, 1.2, "I")), offset=0.0)
+    assert buf.flush() == []
+    # the third says what the first said: two of the last three decodes agree
+    buf.insert(hyp((0.0, 0.5, "have"), (0.5, 1.0, "you"), (1.0, 1.2, "I"), (1.2, 1.6, "want")), offset=0.0)
+    assert [w.text for w in buf.flush()] == ["have", "you"]
+    assert [w.text for w in buf.complete()] == ["I", "want"]
+    # the older hypothesis's copies of committed words never count again
+    buf.insert(hyp((0.0, 0.5, "have"), (1.0, 1.2, "I"), (1.2, 1.6, "wanted")), offset=0.0)
+    assert [w.text for w in buf.flush()] == ["I"]
+
+
 def test_a_reread_ngram_at_the_commit_boundary_is_dropped():
     buf = HypothesisBuffer()
     buf.insert(hyp((0.0, 0.4, "a"), (0.4, 0.8, "b")), 0.0)
@@ -87,7 +103,7 @@ def test_a_word_with_enough_audio_after_it_commits_without_agreement_but_never_t
     buf.insert(hyp((0.0, 0.5, "won"), (0.6, 1.0, "two"), (1.1, 1.5, "tree")), 0.0)
     # nothing agrees; the words that end by the deadline commit from the newest hypothesis
     assert [w.text for w in buf.flush(due_before=1.0)] == ["won", "two"]
-    buf.insert(hyp((1.1, 1.5, "three")), 0.0)
+    buf.insert(hyp((1.1, 1.5, "free")), 0.0)
     assert buf.flush(due_before=9.0) == []  # the last word of a hypothesis always waits
 
 
@@ -342,7 +358,9 @@ def test_a_continuation_that_says_its_prefix_again_is_an_echo_and_one_repeated_w
     assert prefix_echo(said, decoded(0)) == 0
 
 
-def test_the_commit_deadline_is_off_by_default_and_set_or_unset_from_flag_and_environment(monkeypatch):
+def test_the_commit_deadline_is_two_and_a_half_seconds_by_default_and_set_or_unset_from_flag_and_environment(
+    monkeypatch,
+):
     import argparse
 
     from worker.cli.worker import add_parser, settings_from_args
@@ -354,8 +372,8 @@ def test_the_commit_deadline_is_off_by_default_and_set_or_unset_from_flag_and_en
     def deadline(*flags: str) -> float | None:
         return settings_from_args(parser.parse_args(["worker", *flags])).asr.commit_deadline_sec
 
-    assert ASRConfig().commit_deadline_sec is None and deadline() is None
-    assert deadline("--commit-deadline-sec", "2.5") == 2.5
+    assert ASRConfig().commit_deadline_sec == 2.5 and deadline() == 2.5
+    assert deadline("--commit-deadline-sec", "1.5") == 1.5
     assert deadline("--commit-deadline-sec", "none") is None
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--commit-deadline-sec", "soon"])

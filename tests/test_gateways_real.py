@@ -33,8 +33,13 @@ from worker.protocol.pcm import decode_pcm, encode_pcm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-#: How far the streamed WER may be above offline on this call, in points.
+#: How far the streamed WER may be above offline, pooled over the four gateway sessions (about 340
+#: words), in points.
 MARGIN = 0.02
+#: ... and on any one session (85 words: one word is 1.2 points, and which words a streaming decode
+#: gets wrong moves by a word or two with any change to the commit policy, so a tighter bound here
+#: would test noise). A gateway that garbles audio (a wrong rate or codec) is far past it.
+SESSION_MARGIN = 0.08
 
 
 def offline(audio16k: np.ndarray) -> str:
@@ -122,12 +127,16 @@ def test_a_recorded_call_through_each_gateway_stays_near_offline_on_the_same_aud
         "real-hook": [(refs[c], mulaw16k[c]) for c in (0, 1)],
         "00000000-0000-4000-8000-00000000abcd": [(call.reference, resample(mix8k, 8000, 16000))],
     }
-    report = []
+    report, streamed_all, offline_all = [], [], []
     for sid, channels in expected.items():
         events = output_events(valkey_url, sid)
         assert events[-1].reason == "completed", sid
-        streamed = pooled([score(ref, channel_text(events, c)) for c, (ref, _a) in enumerate(channels)]).wer
-        baseline = pooled([score(ref, offline(audio)) for ref, audio in channels]).wer
-        report.append(f"{sid}: streaming {streamed:.3f} offline {baseline:.3f}")
-        assert streamed <= baseline + MARGIN, "\n".join(report)
+        streamed = [score(ref, channel_text(events, c)) for c, (ref, _a) in enumerate(channels)]
+        baseline = [score(ref, offline(audio)) for ref, audio in channels]
+        streamed_all += streamed
+        offline_all += baseline
+        report.append(f"{sid}: streaming {pooled(streamed).wer:.3f} offline {pooled(baseline).wer:.3f}")
+        assert pooled(streamed).wer <= pooled(baseline).wer + SESSION_MARGIN, "\n".join(report)
+    report.append(f"all: streaming {pooled(streamed_all).wer:.3f} offline {pooled(offline_all).wer:.3f}")
     print("\n" + "\n".join(report))
+    assert pooled(streamed_all).wer <= pooled(offline_all).wer + MARGIN, "\n".join(report)

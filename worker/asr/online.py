@@ -1,11 +1,15 @@
-"""Streaming recognition with LocalAgreement-2 (whisper_streaming's ``OnlineASRProcessor``).
+"""Streaming recognition with LocalAgreement (whisper_streaming's ``OnlineASRProcessor``).
 
-Each iteration re-transcribes the audio buffer, commits what two consecutive hypotheses agree
-on, and trims the buffer behind committed text so it never grows without bound. Differences
-from the original, each on purpose:
+Each iteration re-transcribes the audio buffer, commits what the newest hypothesis agrees on with
+the one before it (or with the one before that: two of the last three decodes), and trims the
+buffer behind committed text so it never grows without bound. Differences from the original,
+each on purpose:
 
 * The prompt is the last ~200 characters of committed text *before* the buffer, including the
   last such word (the original skips it).
+* A word commits when the newest hypothesis agrees on it with the one before it *or* the one
+  before that (the original needs two consecutive hypotheses): one odd decode in between no
+  longer holds it back for another chunk (``HypothesisBuffer.flush``).
 * With ``committed_prefix`` (off by default), a backend that can (``ASRBase.continues_prefix``)
   gets the committed words *inside* the buffer as a forced prefix and returns only the words after
   them, so a new hypothesis is not spliced onto the committed text by word times (loose at pauses,
@@ -29,9 +33,9 @@ whisper_streaming's voice activity controller does it:
   the stretch with the pause after it as padding, commits the whole hypothesis (marked
   ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
   decode is cheap and the words at a turn's end commit about half a second after they are said;
-* within a stretch, LocalAgreement-2 commits as before, and with ``commit_deadline_sec``
-  (off by default: it costs accuracy on 8 kHz audio) a word of the newest hypothesis
-  commits once that much audio follows it, agreed or not, which bounds commit lag. With
+* within a stretch, LocalAgreement commits as before, and with ``commit_deadline_sec``
+  (2.5 s by default) a word of the newest hypothesis commits once that much audio follows it,
+  agreed or not, which bounds commit lag. With
   ``commit_policy="utterance"`` nothing commits inside a stretch: its chunk decodes only feed
   partials, and the stretch is committed once, at its end, from one decode in Whisper's full
   window.

@@ -10,8 +10,9 @@ so all a function of the input:
 * **short pause**: ``PHRASE_PAUSE_SEC`` of silence inside a stretch. Decode the buffer, commit all
   but the last word, keep the buffer: the words before a pause have all the context they get,
   and committing them now saves a chunk of latency;
-* **chunk**: ``min_chunk_sec`` of new audio in a stretch. LocalAgreement-2, plus words of a
-  single hypothesis that the model is sure of and that lie well inside the audio.
+* **chunk**: ``min_chunk_sec`` of new audio in a stretch. LocalAgreement, plus words of a
+  single hypothesis that the model is sure of and that lie well inside the audio, plus (with
+  ``commit_deadline_sec``, 2.5 s by default) the words that have that much audio after them.
 
 With ``commit_policy="utterance"`` there are no short-pause points, and a chunk commits nothing:
 its hypothesis is the partial, and the whole stretch is committed at its end from one decode
