@@ -26,8 +26,6 @@ _START_SLACK_SEC = 0.1
 #: The n-gram dedupe only runs when the new hypothesis starts this close to the commit point.
 _NGRAM_WINDOW_SEC = 1.0
 _MAX_NGRAM = 5
-#: Experiment: the newest hypothesis's prefix commits if it agrees with either of the two before.
-VOTE_OLDER = True
 
 
 def as_word(raw: Sequence[Any], offset: float = 0.0) -> Word:
