@@ -55,7 +55,7 @@ class HypothesisBuffer:
         if continues:
             self.new = words
             return
-        self.new = [w for w in words if w.start > self.last_committed_time - _START_SLACK_SEC]
+        self.new = self._after_commit(words)
         if not self.new or not self.committed_in_buffer:
             return
         if abs(self.new[0].start - self.last_committed_time) >= _NGRAM_WINDOW_SEC:
@@ -100,12 +100,16 @@ class HypothesisBuffer:
 
     def _agreed(self) -> list[Word]:
         """Pop the new hypothesis's words that the unconfirmed one, or the one before it, starts with too."""
-        # the one before it, less the words committed since (by time, as insert filters new words)
-        older = [w for w in self.older if w.start > self.last_committed_time - _START_SLACK_SEC]
+        # the one before it, less its copies of the words committed since
+        older = self._after_commit(self.older)
         n = max(_common_prefix(self.new, self.buffer), _common_prefix(self.new, older))
         agreed, self.new = self.new[:n], self.new[n:]
         del self.buffer[:n]
         return agreed
+
+    def _after_commit(self, words: list[Word]) -> list[Word]:
+        """The words that start after the last committed time (less a slack): not old news."""
+        return [w for w in words if w.start > self.last_committed_time - _START_SLACK_SEC]
 
     def _confident(self, before: float, confidence: float) -> list[Word]:
         """Pop the new hypothesis's next sure words that end before ``before`` (never its last)."""
