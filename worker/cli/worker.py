@@ -17,6 +17,7 @@ from worker.cli.logs import tag_worker
 from worker.metrics import MetricsServer, PrometheusObserver, worker_info
 from worker.protocol.connection import masked
 from worker.runtime.loop import Worker
+from worker.runtime.stopping import StopRequests
 from worker.settings import WorkerSettings
 
 #: Waits between attempts to reach Redis at start: doubling from the first up to the cap.
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         device=asr.device,
         compute_type=asr.compute_type,
     )
-    stopping = threading.Event()
+    # before the worker exists, a signal stops the connecting and the preloading
+    stopping = StopRequests()
     preloaded = threading.Event()
     worker: Worker | None = None
 
@@ -166,14 +168,14 @@ def run(args: argparse.Namespace) -> int:
     metrics.start()
 
     def on_signal(signum: int, _frame: object) -> None:
+        # requests only: a handler that sets an Event or logs can deadlock the main thread
+        # (worker/runtime/stopping.py); the loop logs what it does about them
         if worker is not None and signum == signal.SIGTERM:
             # docker stop, a rolling update: finish what can finish, then hand the rest over
             # (a second SIGTERM, or SIGINT, hands over at once)
-            log.info("signal %d: draining", signum)
             worker.drain()
             return
-        log.info("signal %d: handing sessions over and stopping", signum)
-        stopping.set()
+        stopping.stop()
         if worker is not None:
             worker.stop()
 
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         preloaded.set()
         log.info("worker %s on %s, metrics on port %d", settings.worker_id, masked(settings.redis_url), metrics.port)
         print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
-        if stopping.is_set():  # a signal while connecting
+        if stopping.stopping:  # a signal while connecting
             worker.stop()
         worker.run(burst=args.burst)
     finally:
@@ -197,28 +199,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def preload(settings: WorkerSettings, stopping: threading.Event) -> None:
+def preload(settings: WorkerSettings, stopping: StopRequests) -> None:
     """Load each model of ``settings.preload`` into the shared model cache before any session is taken.
 
     A session that asks for a preloaded model later finds it in memory: its first chunk does not
     wait for weights to load, and a rollout (``/readyz``) waits for them instead.
     """
     for name in settings.preload:
-        if stopping.is_set():
+        if stopping.stopping:
             return
         started = time.monotonic()
         load_processor(settings.asr.replace(model=name))
         log.info("preloaded model %s in %.1f s", name, time.monotonic() - started)
 
 
-def _connected(settings: WorkerSettings, observer: PrometheusObserver, stopping: threading.Event) -> Worker | None:
+def _connected(settings: WorkerSettings, observer: PrometheusObserver, stopping: StopRequests) -> Worker | None:
     """A worker connected to Redis; while Redis cannot be reached, retry with back-off (None: stopped).
 
     A worker started before its Redis (compose, a rolling restart of both) waits for it instead of
     exiting with a traceback and leaving the restart policy to spin.
     """
     delay = CONNECT_RETRY_FIRST_SEC
-    while not stopping.is_set():
+    while not stopping.stopping:
         try:
             return Worker(settings, observer=observer)
         except RedisError as e:

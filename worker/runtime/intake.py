@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterable
 
@@ -26,6 +25,7 @@ from worker.runtime.committer import Committer
 from worker.runtime.models import ModelControl
 from worker.runtime.ownership import Claimed, LeaseManager
 from worker.runtime.session import LiveSession
+from worker.runtime.stopping import StopRequests
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ class Intake:
         models: ModelControl,
         capacity: CapacityMeter,
         observer: WorkerObserver,
-        stopping: threading.Event,
-        draining: threading.Event,
+        requests: StopRequests,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -55,8 +54,7 @@ class Intake:
         self.models = models
         self.capacity = capacity
         self.observer = observer
-        self._stopping = stopping
-        self._draining = draining
+        self._requests = requests
         self._next_janitor = 0.0
         #: announcement entries claimed and being acquired (restore): renewed too
         self._acquiring: frozenset[tuple[int, str]] = frozenset()
@@ -90,7 +88,7 @@ class Intake:
 
     def take(self) -> int:
         """Claim and take sessions while there is capacity; returns how many were taken."""
-        if self._stopping.is_set() or self._draining.is_set():
+        if self._requests.stopping or self._requests.draining:
             self.release_all()  # a claim still waiting for its model goes to another worker
             return 0
         backlog = sum(s.backlog_sec() for s in self.sessions.values())

@@ -32,6 +32,7 @@ from worker.runtime.partials import PartialPublisher
 from worker.runtime.reconcile import Reconciler
 from worker.runtime.retry import CommitRetry
 from worker.runtime.session import LiveSession
+from worker.runtime.stopping import StopRequests
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,8 @@ class Worker:
         self.commit_retry = CommitRetry(settings.commit_backoff_max_sec, settings.commit_failure_limit_sec)
         self._lost: set[tuple[int, str]] = set()
         self._lost_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._draining = threading.Event()
-        self._drain_deadline = float("inf")
+        self.requests = StopRequests(settings.drain_timeout_sec)
+        self._drain_announced = False
         self._next_waiting_count = 0.0
         self._keeper: LeaseKeeper | None = None
         self._keeper_client: Any = None
@@ -90,8 +90,7 @@ class Worker:
             self.models,
             self.capacity,
             self.observer,
-            self._stopping,
-            self._draining,
+            self.requests,
         )
 
     def __repr__(self) -> str:
@@ -123,42 +122,45 @@ class Worker:
         self.start()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
-            while not self._stopping.is_set():
+            while not self.requests.stopping:
+                self._announce_drain()
                 did_work = self.run_iteration()
                 if burst and not did_work and not self.sessions and not self.intake.waiting:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                if self._draining.is_set() and (not self.sessions or time.monotonic() > self._drain_deadline):
+                if self.requests.draining and (not self.sessions or time.monotonic() > self.requests.drain_deadline):
                     log.info("drained: %d session(s) left to hand over", len(self.sessions), extra={"event": "drained"})
                     break
                 if not did_work:
-                    self._stopping.wait(self.settings.poll_interval_sec)
+                    self.requests.wait(self.settings.poll_interval_sec)
         finally:
             self.shutdown()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Return after the iteration in hand. Safe from a signal handler (``StopRequests``)."""
+        self.requests.stop()
 
     def drain(self) -> None:
         """Take no new session; stop once the owned ones end, or ``drain_timeout_sec`` from now.
 
-        A second call (another SIGTERM) stops at once. Safe from a signal handler.
+        A second call (another SIGTERM) stops at once. Safe from a signal handler: it only records
+        the request, which the loop acts on (and logs) at its next turn (``StopRequests``).
         """
-        if self._draining.is_set() or self.settings.drain_timeout_sec <= 0:
-            self.stop()
-            return
-        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_sec
-        self._draining.set()
-        log.info(
-            "draining: no new sessions; handing over what is left in %.0f s",
-            self.settings.drain_timeout_sec,
-            extra={"event": "draining"},
-        )
+        self.requests.drain()
+
+    def _announce_drain(self) -> None:
+        if self.requests.draining and not self._drain_announced:
+            self._drain_announced = True
+            log.info(
+                "draining: no new sessions; handing over what is left in %.0f s",
+                self.settings.drain_timeout_sec,
+                extra={"event": "draining"},
+            )
 
     @property
     def draining(self) -> bool:
-        return self._draining.is_set() or self._stopping.is_set()
+        return self.requests.draining or self.requests.stopping
 
     def healthy(self) -> bool:
         """``/healthz``: the loop turns, Redis answers, leases are renewed, commits are not all failing."""
@@ -167,6 +169,8 @@ class Worker:
 
     def shutdown(self) -> None:
         """Release every lease at once (no wait for the TTL) and stop the lease keeper."""
+        if self.requests.stopping:
+            log.info("stopping: handing %d session(s) over", len(self.sessions), extra={"event": "stopping"})
         if self._keeper:
             self._keeper.stop()
             self._keeper.join(timeout=5)
@@ -203,13 +207,13 @@ class Worker:
             # unreachable, failing over, or refusing writes (OOM under noeviction): back off, retry
             log.warning("redis error: %s; retrying", e)
             self.health.beat(connected=False)
-            self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
+            self.requests.wait(min(1.0, self.settings.lease_ttl_sec / 4))
             return False
         except Exception:
             # a bug outside any one session's steps: no heartbeat, so if it keeps failing the
             # leases go to other workers after loop_stall_limit_sec and /healthz says so
             log.exception("the loop iteration failed; retrying")
-            self._stopping.wait(min(1.0, self.settings.lease_ttl_sec / 4))
+            self.requests.wait(min(1.0, self.settings.lease_ttl_sec / 4))
             return False
 
     def _iteration(self) -> bool:
@@ -231,7 +235,7 @@ class Worker:
         self._report_load()
         self.factory.quotas.vouch((sid, s.opened.quota_tenant) for sid, s in self.sessions.items() if s.processors)
         self.models.poll()
-        reannounced = 0 if self._stopping.is_set() else self.reconciler.maybe_run()
+        reannounced = 0 if self.requests.stopping else self.reconciler.maybe_run()
         if reannounced:
             self.observer.reannounced(reannounced)
         return bool(took or calls or committed or reannounced)
