@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	# torch, for the tests of the GPU feature path on the CPU (tests/test_features.py): 2.13.0 is the
+	# CPU build that lies on this project's machines (CI's too); elsewhere pip takes PyPI's build
+	$(BIN)/pip install --quiet "torch==2.13.0"
 	touch $@
 
 demo: venv

@@ -5,7 +5,8 @@ decodes it, drops an unfinished last segment and encodes a second window from th
 streaming buffer is short (the processor keeps it under 28 s, and with ``vac`` one utterance
 long), so here every request is one window, and the whole batch goes through four stages:
 
-1. **features**: log-mel of each request (numpy);
+1. **features**: log-mel of each request, with numpy on the host, or with torch on the model's
+   device (:mod:`worker.backends.features`: a GPU model's batch then never visits the host);
 2. **encode**: the window is the buffer plus ``padding_frames`` of silence, rounded up to 5 s
    (at most 30 s); requests with the same window share one CTranslate2 encoder call, whose
    output stays where the model runs (no host round trip on a GPU);
@@ -50,6 +51,7 @@ from worker.backends.decode_guards import (
     prefix_echo,
     scored,
 )
+from worker.backends.features import FeatureBackend, NumpyLogMel, TorchLogMel, log_mel_for
 
 #: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
 WINDOW_QUANTUM = 500
@@ -88,6 +90,8 @@ class DecodeOptions:
 
     language: str
     task: str = "transcribe"
+    #: Where log-mel features are computed (:func:`worker.backends.features.log_mel_for`).
+    features: FeatureBackend = "auto"
 
 
 def encoder_window(content_frames: int, padding_frames: int | None) -> int:
@@ -114,7 +118,8 @@ def _suppressed(model: Any, task: str, language: str) -> tuple[int, ...]:
 
 @dataclass
 class _Prepared:
-    features: np.ndarray
+    #: log-mel frames of the content (numpy, or a torch tensor on the model's device)
+    features: Any
     content: int
     window: int
     prompt: list[int]
@@ -136,7 +141,8 @@ class _Prepared:
 def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
     """faster-whisper ``Segment`` lists (with words) for each request, in order."""
     tokenizer = _tokenizer(model, options.task, options.language)
-    prepared = [_prepare(model, tokenizer, r, options) for r in requests]
+    log_mel = log_mel_for(model, options.features)
+    prepared = [_prepare(log_mel, tokenizer, r) for r in requests]
     # CTranslate2 wants the start-of-transcript token at one position across a batch, so the
     # lengths of the previous text bucket too; they are cut to PROMPT_TOKENS, so past a call's
     # first sentences they are all that long and batch together. Prefixes come after that token
@@ -146,7 +152,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
         buckets[(p.window, r.beam_size, len(p.prompt) - len(p.prefix))].append(i)
     results: list[list[Any]] = [[] for _ in requests]
     for (window, beam, _previous_length), members in buckets.items():
-        encoded = _encode(model, [prepared[i] for i in members], window)
+        encoded = _encode(model, log_mel, [prepared[i] for i in members], window)
         decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
         retry = [k for k, d in enumerate(decoded) if looping(d, tokenizer) and beam < RETRY_BEAM]
         if retry:
@@ -176,10 +182,8 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
 # -- stages ----------------------------------------------------------------------------------
 
 
-def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: DecodeOptions) -> _Prepared:
-    from faster_whisper.audio import pad_or_trim
-
-    features = model.feature_extractor(request.audio)
+def _prepare(log_mel: NumpyLogMel | TorchLogMel, tokenizer: Any, request: DecodeRequest) -> _Prepared:
+    features = log_mel(request.audio)
     # as faster-whisper's first window: the content excludes the last frame
     content = max(1, min(FULL_WINDOW, features.shape[-1] - 1))
     window = encoder_window(content, request.padding_frames)
@@ -196,13 +200,14 @@ def _prepare(model: Any, tokenizer: Any, request: DecodeRequest, options: Decode
         # time made the model stop there: measured, it lost whole phrases)
         prefix = (tokenizer.timestamp_begin, *tokenizer.encode(" " + request.prefix.strip()))
         prompt.extend(prefix)
-    return _Prepared(pad_or_trim(features[:, :content], window), content, window, prompt, words, prefix)
+    return _Prepared(features[:, :content], content, window, prompt, words, prefix)
 
 
-def _encode(model: Any, prepared: list[_Prepared], window: int) -> Any:
+def _encode(model: Any, log_mel: NumpyLogMel | TorchLogMel, prepared: list[_Prepared], window: int) -> Any:
     import ctranslate2
 
-    batch = np.ascontiguousarray(np.stack([p.features for p in prepared]).astype(np.float32))
+    # padded with silence to the window, on the device the features were computed on
+    batch = log_mel.batch([p.features for p in prepared], window)
     assert batch.shape[-1] == window
     # kept on the model's device: generate and align read it from there
     return model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
