@@ -41,7 +41,9 @@ class NumpyLogMel:
 
     def batch(self, features: list[Any], frames: int) -> Any:
         """``features`` cut or padded with zeros to ``frames`` and stacked, C-contiguous float32."""
-        rows = [_fit(f, frames) for f in features]
+        from faster_whisper.audio import pad_or_trim
+
+        rows = [pad_or_trim(f, frames) for f in features]
         return np.ascontiguousarray(np.stack(rows).astype(np.float32))
 
 
@@ -53,6 +55,8 @@ class TorchLogMel:
 
         self.torch = torch
         self.device = device
+        #: the filters it was built from, kept so that their ``id`` (the cache key) is never reused
+        self.mel_filters = mel_filters
         self.window = torch.hann_window(N_FFT, device=device)
         self.filters = torch.as_tensor(np.asarray(mel_filters, dtype=np.float32), device=device)
 
@@ -76,7 +80,10 @@ class TorchLogMel:
         return stacked if stacked.is_cuda else stacked.numpy()
 
 
-def log_mel_for(model: Any, backend: FeatureBackend = "auto") -> NumpyLogMel | TorchLogMel:
+LogMel = NumpyLogMel | TorchLogMel
+
+
+def log_mel_for(model: Any, backend: FeatureBackend = "auto") -> LogMel:
     """The feature extractor for a faster-whisper ``model`` (see the module docstring)."""
     extractor = model.feature_extractor
     if backend == "numpy":
@@ -115,9 +122,3 @@ def _has_torch() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _fit(features: np.ndarray, frames: int) -> np.ndarray:
-    if features.shape[-1] >= frames:
-        return features[:, :frames]
-    return np.pad(features, ((0, 0), (0, frames - features.shape[-1])))

@@ -51,7 +51,7 @@ from worker.backends.decode_guards import (
     prefix_echo,
     scored,
 )
-from worker.backends.features import FeatureBackend, NumpyLogMel, TorchLogMel, log_mel_for
+from worker.backends.features import FeatureBackend, LogMel, log_mel_for
 
 #: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
 WINDOW_QUANTUM = 500
@@ -182,7 +182,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
 # -- stages ----------------------------------------------------------------------------------
 
 
-def _prepare(log_mel: NumpyLogMel | TorchLogMel, tokenizer: Any, request: DecodeRequest) -> _Prepared:
+def _prepare(log_mel: LogMel, tokenizer: Any, request: DecodeRequest) -> _Prepared:
     features = log_mel(request.audio)
     # as faster-whisper's first window: the content excludes the last frame
     content = max(1, min(FULL_WINDOW, features.shape[-1] - 1))
@@ -203,7 +203,7 @@ def _prepare(log_mel: NumpyLogMel | TorchLogMel, tokenizer: Any, request: Decode
     return _Prepared(features[:, :content], content, window, prompt, words, prefix)
 
 
-def _encode(model: Any, log_mel: NumpyLogMel | TorchLogMel, prepared: list[_Prepared], window: int) -> Any:
+def _encode(model: Any, log_mel: LogMel, prepared: list[_Prepared], window: int) -> Any:
     import ctranslate2
 
     # padded with silence to the window, on the device the features were computed on

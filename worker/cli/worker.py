@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         compute_type=asr.compute_type,
     )
     # before the worker exists, a signal stops the connecting and the preloading
-    stopping = StopRequests()
+    requests = StopRequests()
     preloaded = threading.Event()
     worker: Worker | None = None
 
@@ -175,23 +175,23 @@ def run(args: argparse.Namespace) -> int:
             # (a second SIGTERM, or SIGINT, hands over at once)
             worker.drain()
             return
-        stopping.stop()
+        requests.stop()
         if worker is not None:
             worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        worker = _connected(settings, observer, stopping)
+        worker = _connected(settings, observer, requests)
         if worker is None:
             return 0
-        preload(settings, stopping)
+        preload(settings, requests)
         for name in settings.preload:
             worker.models.note_loaded(settings.asr.replace(model=name))
         preloaded.set()
         log.info("worker %s on %s, metrics on port %d", settings.worker_id, masked(settings.redis_url), metrics.port)
         print(f"streamscribe worker {settings.worker_id} ready; metrics on :{metrics.port}", flush=True)
-        if stopping.stopping:  # a signal while connecting
+        if requests.stopping:  # a signal while connecting
             worker.stop()
         worker.run(burst=args.burst)
     finally:
@@ -199,34 +199,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def preload(settings: WorkerSettings, stopping: StopRequests) -> None:
+def preload(settings: WorkerSettings, requests: StopRequests) -> None:
     """Load each model of ``settings.preload`` into the shared model cache before any session is taken.
 
     A session that asks for a preloaded model later finds it in memory: its first chunk does not
     wait for weights to load, and a rollout (``/readyz``) waits for them instead.
     """
     for name in settings.preload:
-        if stopping.stopping:
+        if requests.stopping:
             return
         started = time.monotonic()
         load_processor(settings.asr.replace(model=name))
         log.info("preloaded model %s in %.1f s", name, time.monotonic() - started)
 
 
-def _connected(settings: WorkerSettings, observer: PrometheusObserver, stopping: StopRequests) -> Worker | None:
+def _connected(settings: WorkerSettings, observer: PrometheusObserver, requests: StopRequests) -> Worker | None:
     """A worker connected to Redis; while Redis cannot be reached, retry with back-off (None: stopped).
 
     A worker started before its Redis (compose, a rolling restart of both) waits for it instead of
     exiting with a traceback and leaving the restart policy to spin.
     """
     delay = CONNECT_RETRY_FIRST_SEC
-    while not stopping.stopping:
+    while not requests.stopping:
         try:
             return Worker(settings, observer=observer)
         except RedisError as e:
             log.warning(
                 "Redis at %s cannot be reached (%s); trying again in %.1f s", masked(settings.redis_url), e, delay
             )
-        stopping.wait(delay)
+        requests.wait(delay)
         delay = min(delay * 2, CONNECT_RETRY_MAX_SEC)
     return None

@@ -88,7 +88,7 @@ class Intake:
 
     def take(self) -> int:
         """Claim and take sessions while there is capacity; returns how many were taken."""
-        if self._requests.stopping or self._requests.draining:
+        if self._requests.ending:
             self.release_all()  # a claim still waiting for its model goes to another worker
             return 0
         backlog = sum(s.backlog_sec() for s in self.sessions.values())

@@ -160,7 +160,7 @@ class Worker:
 
     @property
     def draining(self) -> bool:
-        return self.requests.draining or self.requests.stopping
+        return self.requests.ending
 
     def healthy(self) -> bool:
         """``/healthz``: the loop turns, Redis answers, leases are renewed, commits are not all failing."""

@@ -31,6 +31,11 @@ class StopRequests:
         #: ``time.monotonic()`` by which a drain hands over what is left
         self.drain_deadline = float("inf")
 
+    @property
+    def ending(self) -> bool:
+        """A drain or a stop was requested: the worker takes no new session."""
+        return self.draining or self.stopping
+
     def stop(self) -> None:
         """Stop after the iteration in hand, handing the owned sessions over."""
         self.stopping = True
