@@ -38,8 +38,8 @@ from producer.consumer import (
     split_for_cluster,
 )
 from worker.protocol.connection import TLSFiles, text
+from worker.protocol.events import Event, SessionEnded
 from worker.protocol.keys import Keyspace, check_session_id
-from worker.protocol.messages import Event, SessionEnded
 
 Read = Callable[[Streams, int | None], Awaitable[Any]]
 

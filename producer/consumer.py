@@ -28,8 +28,8 @@ from redis.exceptions import ResponseError
 from producer.common import ConnectionOptions
 from worker.errors import DecodeError
 from worker.protocol.connection import TLSFiles, connect, text
+from worker.protocol.events import Event, SessionEnded, decode_event
 from worker.protocol.keys import Keyspace, check_session_id
-from worker.protocol.messages import Event, SessionEnded, decode_event
 
 log = logging.getLogger(__name__)
 

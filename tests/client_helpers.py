@@ -15,8 +15,9 @@ import redis
 from benchmarks.corpus import Recording, load_manifest
 from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words
+from worker.protocol.events import Event, SegmentEvent, decode_event
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import EndOfSession, Event, SegmentEvent, decode_event, decode_input
+from worker.protocol.messages import EndOfSession, decode_input
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
 

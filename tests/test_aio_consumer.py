@@ -12,8 +12,8 @@ from tests.client_helpers import output_events, run_worker, synthetic_settings
 from tests.test_consumer import keyed, produce, sessions_spread_over_shards
 from worker.backends.synthetic import random_words
 from worker.protocol.connection import connect
+from worker.protocol.events import PartialEvent, SessionEnded
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import PartialEvent, SessionEnded
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -33,8 +33,9 @@ from tests.client_helpers import (
 )
 from tests.worker_helpers import rss_kib, wait_for
 from worker.backends.synthetic import encode_words, random_words
+from worker.protocol.events import SegmentEvent
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionOpen
+from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,8 +19,9 @@ from producer.aio import AsyncProducer
 from producer.audiohook import AudioHookGateway, choose_media
 from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings, synthetic_stereo
 from worker.backends.synthetic import encode_words, random_words
+from worker.protocol.events import SegmentEvent
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionOpen
+from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,8 +21,9 @@ from producer.audiosocket import AudioSocketGateway, encode_frame
 from tests.client_helpers import ended_input, output_events, raw_client, run_worker, scrape, synthetic_settings
 from tests.worker_helpers import rss_kib, wait_for
 from worker.backends.synthetic import encode_words, random_words
+from worker.protocol.events import SegmentEvent, SessionEnded
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionEnded, SessionOpen
+from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,8 +18,8 @@ from worker.backends.synthetic import encode_words, random_words
 from worker.cli.main import main
 from worker.cli.tail import clock
 from worker.protocol.connection import connect
+from worker.protocol.events import Event, SegmentEvent, SessionEnded, SessionStarted
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import Event, SegmentEvent, SessionEnded, SessionStarted
 
 pytestmark = pytest.mark.timeout(120)
 

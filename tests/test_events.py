@@ -16,15 +16,9 @@ from tests.worker_helpers import synthetic_settings
 from worker.asr.audio import decode_file
 from worker.backends.synthetic import encode_words, random_words
 from worker.cli.tail import event_json
+from worker.protocol.events import EventWord, SegmentEvent, SessionEnded, SessionStarted, decode_event
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import (
-    EVENT_VERSION,
-    EventWord,
-    SegmentEvent,
-    SessionEnded,
-    SessionStarted,
-    decode_event,
-)
+from worker.protocol.messages import EVENT_VERSION
 from worker.runtime.checkpoint import Checkpoint, Totals
 
 pytestmark = pytest.mark.timeout(300)

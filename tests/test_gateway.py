@@ -33,8 +33,9 @@ from tests.client_helpers import (
 )
 from worker.asr.audio import decode_file, resample
 from worker.backends.synthetic import encode_words, expected_words, random_words
+from worker.protocol.events import SegmentEvent, SessionEnded, SessionStarted
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, SessionEnded, SessionOpen, SessionStarted
+from worker.protocol.messages import SessionOpen
 from worker.protocol.pcm import encode_pcm
 
 pytestmark = pytest.mark.timeout(120)

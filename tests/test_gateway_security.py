@@ -21,8 +21,9 @@ from producer.gateway import TwilioGateway, twilio_signature, url_variants
 from tests.client_helpers import output_events, raw_client, run_worker, synthetic_settings
 from tests.test_gateway import INBOUND_WORDS, media, mulaw_frames, start
 from worker.backends.synthetic import encode_words
+from worker.protocol.events import SegmentEvent
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import SegmentEvent, decode_input
+from worker.protocol.messages import decode_input
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,8 +15,8 @@ from producer.consumer import TranscriptConsumer
 from tests.client_helpers import output_events, raw_client
 from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words, random_words
+from worker.protocol.events import PartialEvent, SegmentEvent, SessionEnded, decode_event
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import PartialEvent, SegmentEvent, SessionEnded, decode_event
 from worker.runtime.loop import Worker
 
 pytestmark = pytest.mark.timeout(120)

@@ -27,8 +27,9 @@ from tests.client_helpers import (
 )
 from worker.backends.synthetic import encode_words, random_words
 from worker.cli.main import main
+from worker.protocol.events import ErrorEvent, SessionEnded
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import AudioChunk, ErrorEvent, SessionEnded, SessionOpen, decode_input
+from worker.protocol.messages import AudioChunk, SessionOpen, decode_input
 
 pytestmark = pytest.mark.timeout(120)
 

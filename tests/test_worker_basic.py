@@ -9,8 +9,8 @@ import redis
 from producer.client import Producer
 from tests.worker_helpers import synthetic_settings
 from worker.backends.synthetic import encode_words, expected_words, random_words
+from worker.protocol.events import decode_event
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import decode_event
 from worker.runtime.loop import Worker
 
 pytestmark = pytest.mark.timeout(120)

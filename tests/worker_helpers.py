@@ -31,8 +31,8 @@ import numpy as np
 from producer.client import Producer
 from worker.backends.synthetic import encode_words, expected_words
 from worker.protocol.connection import connect
+from worker.protocol.events import Event, decode_event
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import Event, decode_event
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
 

@@ -17,7 +17,7 @@ from producer.consumer import TranscriptConsumer
 from worker.asr.audio import decode_file
 from worker.cli.tail import format_event
 from worker.errors import BackendUnavailableError, StreamscribeError
-from worker.protocol.messages import SessionEnded
+from worker.protocol.events import SessionEnded
 from worker.runtime.loop import Worker
 from worker.settings import WorkerSettings
 

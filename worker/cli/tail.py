@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from producer.common import add_connection_arguments, tls_from_args
 from producer.consumer import TranscriptConsumer
 from worker.errors import ConfigError
-from worker.protocol.messages import ErrorEvent, Event, PartialEvent, SegmentEvent, SessionEnded, SessionStarted
+from worker.protocol.events import ErrorEvent, Event, PartialEvent, SegmentEvent, SessionEnded, SessionStarted
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

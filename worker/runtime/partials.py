@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from worker.asr.contracts import ASRProcessor, Committed, InterimProcessor, Word
+from worker.protocol.events import EventWord, PartialEvent
 from worker.protocol.keys import Keyspace
-from worker.protocol.messages import EventWord, PartialEvent
 
 if TYPE_CHECKING:
     from worker.runtime.session import LiveSession

@@ -17,14 +17,8 @@ from typing import TYPE_CHECKING
 
 from worker.asr.contracts import Committed
 from worker.asr.online import OnlineASRProcessor
-from worker.protocol.messages import (
-    DeadLetter,
-    ErrorEvent,
-    Message,
-    SegmentEvent,
-    SessionEnded,
-    SessionStarted,
-)
+from worker.protocol.events import ErrorEvent, SegmentEvent, SessionEnded, SessionStarted
+from worker.protocol.messages import DeadLetter, Message
 from worker.runtime import inputs
 from worker.runtime.partials import event_words
 

@@ -34,13 +34,8 @@ from worker.asr.contracts import (
     TranscribeRequest,
 )
 from worker.protocol.connection import text
-from worker.protocol.messages import (
-    DeadLetter,
-    Message,
-    PartialEvent,
-    SessionEnded,
-    SessionOpen,
-)
+from worker.protocol.events import PartialEvent, SessionEnded
+from worker.protocol.messages import DeadLetter, Message, SessionOpen
 from worker.runtime import inputs
 from worker.runtime.checkpoint import Checkpoint, FedEntry, Totals, trim_point
 from worker.runtime.partials import PartialTracker
