@@ -8,9 +8,9 @@ For each set (``mix``: the 16 kHz mix; ``ulaw``: the 8 kHz μ-law mix, streamed 
 ``input_sample_rate=8000``; ``stereo``: each channel streamed on its own and scored against its
 channel's reference) it prints:
 
-* offline WER: plain faster-whisper on the whole file, beam 5, VAD off, same model. Cached per
-  (file, channel, model, settings, faster-whisper version): it does not change with the
-  streaming code;
+* offline WER: plain faster-whisper on the whole file, beam 5, VAD off, same model, the sampling
+  of its temperature fallback seeded (``benchmarks.offline``). Cached per (file, channel, model,
+  settings, seed, faster-whisper version): it does not change with the streaming code;
 * streaming WER with the given ASRConfig (the defaults unless overridden), 100 ms chunks fed
   back to back and processed whenever the processor is due, as the worker drives it
   (``unaware``: the audio time does not depend on speed);
@@ -47,6 +47,7 @@ from benchmarks.call_scoring import (
     turn_changes,
 )
 from benchmarks.calls import Call, build_calls, default_cache_dir
+from benchmarks.offline import OFFLINE_BEAM, OFFLINE_SEED, offline_transcribe
 from benchmarks.simulate_rtf import machine
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
@@ -55,7 +56,6 @@ from worker.asr.online import OnlineASRProcessor
 from worker.backends.registry import load_processor
 
 SETS = ("mix", "ulaw", "stereo")
-OFFLINE_BEAM = 5
 
 
 @dataclass(frozen=True)
@@ -159,10 +159,8 @@ def run_streaming(
 
 
 def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, float]:
-    """Plain faster-whisper on the whole file (beam 5, no VAD, no word timestamps), cached."""
+    """Plain faster-whisper on the whole file (beam 5, no VAD, seeded: ``benchmarks.offline``), cached."""
     import faster_whisper
-
-    from worker.backends.faster_whisper import load_whisper_model
 
     settings = {
         "model": config.model,
@@ -172,6 +170,7 @@ def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, fl
         "language": None if config.lan == "auto" else config.lan,
         "task": config.task,
         "beam_size": OFFLINE_BEAM,
+        "seed": OFFLINE_SEED,
         "faster_whisper": faster_whisper.__version__,
         "file": hashlib.sha256(stream.path.read_bytes()).hexdigest(),
         "channel": stream.channel,
@@ -181,23 +180,21 @@ def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, fl
     if path.is_file():
         cached = json.loads(path.read_text())
         return cached["text"], cached["busy"]
-    model = load_whisper_model(config.model, config.device, config.compute_type, config.model_dir, config.cache_dir)
     # faster-whisper decodes a file to 16 kHz with PyAV's resampler; decode_file does the same
-    audio = stream.audio(16000)
-    started = time.perf_counter()
-    segments, _info = model.transcribe(
-        audio,
+    result = offline_transcribe(
+        stream.audio(16000),
+        model=config.model,
+        device=config.device,
+        compute_type=config.compute_type,
+        model_dir=config.model_dir,
+        cache_dir=config.cache_dir,
         language=settings["language"],
         task=config.task,
-        beam_size=OFFLINE_BEAM,
-        vad_filter=False,
-        word_timestamps=False,
     )
-    text = "".join(s.text for s in segments).strip()
-    busy = time.perf_counter() - started
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings, "text": text, "busy": busy}, indent=1) + "\n")
-    return text, busy
+    record = {"settings": settings, "text": result.text, "busy": result.busy, "temperatures": result.temperatures}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return result.text, result.busy
 
 
 def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path) -> StreamResult:
@@ -382,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             "source": source_version(),
             "config": config.model_dump(),
             "subset": args.subset,
-            "offline": {"beam_size": OFFLINE_BEAM, "vad_filter": False, "word_timestamps": False},
+            "offline": {"beam_size": OFFLINE_BEAM, "vad_filter": False, "word_timestamps": False, "seed": OFFLINE_SEED},
             "sets": summaries,
             "streams": [
                 {**{k: v for k, v in asdict(r).items() if k not in ("lags", "regions")}, "lags": r.lags}

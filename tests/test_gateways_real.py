@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from benchmarks.call_scoring import pooled, score
 from benchmarks.calls import build_calls
+from benchmarks.offline import offline_transcribe
 from producer.aio import AsyncProducer
 from producer.audiofork import AudioForkGateway
 from producer.audiohook import AudioHookGateway
@@ -27,8 +28,7 @@ from tests.client_helpers import output_events, run_worker, whisper_settings
 from tests.test_audiohook import KEY, OFFERS, Client, headers, open_call
 from tests.test_gateway import media, mulaw_frames, replay, start
 from worker.asr.audio import decode_file, resample
-from worker.backends.faster_whisper import load_whisper_model
-from worker.protocol.messages import SegmentEvent
+from worker.protocol.events import SegmentEvent
 from worker.protocol.pcm import decode_pcm, encode_pcm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -43,9 +43,8 @@ SESSION_MARGIN = 0.08
 
 
 def offline(audio16k: np.ndarray) -> str:
-    model = load_whisper_model("base", "cpu", "auto", None, None)
-    segments, _info = model.transcribe(audio16k, language="en", beam_size=5, vad_filter=False)
-    return "".join(s.text for s in segments).strip()
+    """faster-whisper's defaults (beam 5, the temperature fallback), seeded so it is the same every run."""
+    return offline_transcribe(audio16k, device="cpu").text
 
 
 def channel_text(events: list, channel: int) -> str:
