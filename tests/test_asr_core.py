@@ -395,3 +395,51 @@ def test_three_words_the_alignment_gives_no_time_are_dropped_and_two_stay():
     fast = [Word(2.0, 2.02, " a", 0.9), Word(2.02, 2.04, " b", 0.9)]
     assert drop_timeless(said + fast + rest) == said + fast + rest
     assert drop_timeless([]) == []
+
+
+def test_turn_context_moves_the_cut_back_to_the_earliest_phrase_start_within_its_seconds():
+    proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
+    proc.insert_audio_chunk(np.zeros(20 * 16000, dtype=np.float32))
+    words = [
+        Word(9.0, 9.4, " Hello,", 0.9),
+        Word(13.5, 13.9, " my", 0.9),  # starts 4.5 s before the cut: too old
+        Word(14.0, 14.3, " name", 0.9),  # inside 4 s of the cut but mid-phrase
+        Word(14.4, 14.8, " is", 0.9),
+        Word(14.9, 15.3, " Anna.", 0.9),
+        Word(15.4, 15.8, " How", 0.9),  # follows a full stop: a phrase starts here
+        Word(15.9, 16.2, " can", 0.9),
+        Word(16.9, 17.4, " I", 0.9),  # after a 0.7 s gap: also a start, but later
+        Word(17.5, 17.9, " help?", 0.9),
+    ]
+    proc.transcript_buffer.committed_in_buffer = list(words)
+    assert proc._with_turn_context(18.0) == pytest.approx(15.3)  # 15.4 less the 0.1 s lead
+    # the buffer's first committed word counts as a start
+    proc.transcript_buffer.committed_in_buffer = words[2:5]
+    assert proc._with_turn_context(18.0) == pytest.approx(13.9)
+    # no phrase starts inside the window: its earliest word
+    proc.transcript_buffer.committed_in_buffer = [*words[1:4], Word(14.9, 15.3, " Anna", 0.9)]
+    assert proc._with_turn_context(18.0) == pytest.approx(13.9)
+    # nothing committed within the window, or the option off: the cut stays
+    assert proc._with_turn_context(25.0) == 25.0
+    proc.turn_context_sec = 0.0
+    assert proc._with_turn_context(18.0) == 18.0
+    # the configuration reaches the processor
+    assert OnlineASRProcessor.from_config(SyntheticASR(), ASRConfig(turn_context_sec=2.5)).turn_context_sec == 2.5
+    assert ASRConfig().turn_context_sec == 0.0
+
+
+def test_turn_context_is_off_by_default_and_set_from_the_worker_flag_or_the_environment(monkeypatch):
+    import argparse
+
+    from worker.cli.worker import add_parser, settings_from_args
+    from worker.settings import WorkerSettings
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert settings_from_args(parser.parse_args(["worker"])).asr.turn_context_sec == 0.0
+    flagged = settings_from_args(parser.parse_args(["worker", "--turn-context-sec", "4"]))
+    assert flagged.asr.turn_context_sec == 4.0
+    monkeypatch.setenv("STREAMSCRIBE_ASR__TURN_CONTEXT_SEC", "3")
+    assert WorkerSettings().asr.turn_context_sec == 3.0
+    with pytest.raises(ConfigError, match="turn_context_sec"):
+        ASRConfig.parse(turn_context_sec=-1)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from benchmarks.call_scoring import percentile, pooled
+from benchmarks.call_scoring import percentile, pooled, score
 from benchmarks.calls import build_calls
-from benchmarks.long_calls import Stream, evaluate, stream_commits, streams_of
+from benchmarks.long_calls import Stream, evaluate, run_offline, stream_commits, streams_of
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
 from worker.backends.registry import load_processor
@@ -151,3 +151,47 @@ def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_
     # no word of the committed text is said twice at a seam: no 3-word run repeats back to back
     words = prefixed.streaming.lower().split()
     assert not any(words[i : i + 3] == words[i + 3 : i + 6] for i in range(len(words) - 5))
+
+
+def test_turn_context_keeps_the_turns_before_in_the_buffer_and_a_restore_stays_exact(ci_calls, tmp_path):
+    call = ci_calls[0]
+    stream = streams_of(call, ["mix"])[0]
+    audio = stream.audio(16000)
+    config = ASRConfig(turn_context_sec=4.0)
+    step = 1600
+
+    def run(processor, start: int, snapshot_after: int | None = None):
+        """Outputs; seconds of committed speech kept after each utterance end; and a snapshot taken
+        after the first utterance end past ``snapshot_after`` samples that kept some."""
+        out, kept, snapshot = [], [], None
+        for i in range(start, audio.shape[0], step):
+            processor.insert_audio_chunk(audio[i : i + step])
+            ended = False
+            while processor.is_due():
+                c = processor.process_iter()
+                out.append((c.start, c.end, c.text, c.utterance_end))
+                if c.utterance_end:
+                    kept.append(processor.transcript_buffer.last_committed_time - processor.buffer_time_offset)
+                    ended = kept[-1] > 1.0
+            if snapshot is None and snapshot_after is not None and i >= snapshot_after and ended:
+                snapshot = (i + step, len(out), json.loads(json.dumps(processor.snapshot())))
+        c = processor.finish()
+        return [*out, (c.start, c.end, c.text, c.utterance_end)], kept, snapshot
+
+    reference, _ = load_processor(config)
+    outputs, kept, snapshot = run(reference, 0, snapshot_after=10 * 16000)
+    # after an utterance end the buffer still holds committed speech, never more than 4 s of it
+    # (plus the 0.1 s lead before its first word)
+    assert max(kept) > 1.0 and max(kept) <= 4.1 + 1e-6, kept
+    text = " ".join(o[2] for o in outputs if o[2])
+    offline, _busy = run_offline(config, stream, tmp_path)
+    streamed_wer, offline_wer = score(stream.reference, text).wer, score(stream.reference, offline).wer
+    print(f"{call.name}: offline {offline_wer:.4f} with turn context {streamed_wer:.4f}")
+    assert streamed_wer <= offline_wer + 0.08
+    # a processor restored from a snapshot with context in its buffer goes on exactly the same
+    assert snapshot is not None, kept
+    resume_at, done, state = snapshot
+    resumed, _ = load_processor(config)
+    resumed.restore(state)
+    resumed.insert_audio_chunk(audio[state["buffer_start"] : state["buffer_end"]])
+    assert run(resumed, resume_at)[0] == outputs[done:]

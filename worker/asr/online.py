@@ -39,6 +39,9 @@ whisper_streaming's voice activity controller does it:
   ``commit_policy="utterance"`` nothing commits inside a stretch: its chunk decodes only feed
   partials, and the stretch is committed once, at its end, from one decode in Whisper's full
   window.
+* with ``turn_context_sec`` (off by default), the cut at an utterance end keeps that much of the
+  committed speech before it, from a sentence start: the next turn is decoded with the turns
+  before it in the window (their words are re-read and dropped by time, as committed words are);
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost.
 """
@@ -99,6 +102,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         commit_policy: str = "agreement",
         commit_deadline_sec: float | None = None,
         committed_prefix: bool = False,
+        turn_context_sec: float = 0.0,
     ) -> None:
         self.asr = asr
         self.tokenizer = tokenizer  # accepted for the guide's signature; sentences split on punctuation
@@ -119,6 +123,7 @@ class OnlineASRProcessor(UtteranceBuffering):
         self.commit_at_utterance_end = commit_policy == "utterance" and self.vac
         self.commit_deadline_sec = commit_deadline_sec
         self.committed_prefix = committed_prefix
+        self.turn_context_sec = float(turn_context_sec)
         self.init()
 
     @classmethod
@@ -135,6 +140,7 @@ class OnlineASRProcessor(UtteranceBuffering):
             commit_policy=config.commit_policy,
             commit_deadline_sec=config.commit_deadline_sec,
             committed_prefix=config.committed_prefix,
+            turn_context_sec=config.turn_context_sec,
         )
 
     # -- the guide's contract ----------------------------------------------------------------

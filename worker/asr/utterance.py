@@ -21,6 +21,7 @@ its hypothesis is the partial, and the whole stretch is committed at its end fro
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from worker.asr.audio import resample
@@ -44,6 +45,15 @@ CONFIDENT_PROBABILITY = 0.85
 PHRASE_PAUSE_SEC = 0.3
 #: With ``vac``, a stretch is decoded within its length only once this much of it is voiced.
 VAC_MIN_VOICED_SEC = 1.0
+#: With ``turn_context_sec``, the context starts this long before its first word's aligned start.
+CONTEXT_LEAD_SEC = 0.1
+#: ... at a word after a sentence mark, or after a gap this long (a pause or a turn change).
+CONTEXT_GAP_SEC = 0.3
+_SENTENCE_MARK = re.compile(r"[.!?,]['\"]*$")
+
+
+def _begins_phrase(before: Word, word: Word) -> bool:
+    return bool(_SENTENCE_MARK.search(before.text.strip())) or word.start - before.end > CONTEXT_GAP_SEC
 
 
 class UtteranceBuffering:
@@ -144,7 +154,7 @@ class UtteranceBuffering:
         following = self.voice.current()
         if following is not None:
             cut = min(cut, following[0] - round(VAC_PRE_ROLL_SEC * self.sample_rate))
-        self._trim_to(max(cut, self.buffer_start) / self.sample_rate)
+        self._trim_to(self._with_turn_context(max(cut, self.buffer_start) / self.sample_rate))
         if not self.voice.voiced:
             self._drop_before_voice()
         return self._committed(committed, utterance_end=bool(committed))
@@ -154,7 +164,26 @@ class UtteranceBuffering:
         keep_from = self.buffer_end - round(VAC_PRE_ROLL_SEC * self.sample_rate)
         cut = max(keep_from, self._last_committed_sample())
         if cut > self.buffer_start:
-            self._trim_to(cut / self.sample_rate)
+            self._trim_to(self._with_turn_context(cut / self.sample_rate))
+
+    def _with_turn_context(self: OnlineASRProcessor, cut: float) -> float:
+        """Where to cut instead of ``cut`` (seconds) so the buffer keeps ``turn_context_sec`` of context.
+
+        The context starts at a committed word that begins a sentence or follows a pause (a
+        decode that starts mid-phrase tends to stop early), the earliest such word that starts
+        within ``turn_context_sec`` of ``cut``; failing one, at the earliest word within it. In a
+        long silence ``cut`` moves on, so the context ages out. Derived only from the committed
+        words the snapshot holds, so a restored processor cuts at the same places.
+        """
+        if self.turn_context_sec <= 0:
+            return cut
+        words = [w for w in self.transcript_buffer.committed_in_buffer if w.end <= cut]
+        inside = [k for k, w in enumerate(words) if w.start >= cut - self.turn_context_sec]
+        if not inside:
+            return cut
+        starts = [k for k in inside if k == 0 or _begins_phrase(words[k - 1], words[k])]
+        first = words[starts[0] if starts else inside[0]]
+        return max(first.start - CONTEXT_LEAD_SEC, self.buffer_start / self.sample_rate)
 
     def _deadline(self: OnlineASRProcessor, end_sec: float) -> float | None:
         """Words ending before this commit from the newest hypothesis, agreed or not."""

@@ -88,6 +88,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="decode each buffer as a continuation of its committed words (measured worse on the long"
         " 16 kHz calls with the default deadline, and on 8 kHz mu-law; default off)",
     )
+    asr.add_argument(
+        "--turn-context-sec",
+        type=float,
+        help="keep this much of the turns before an utterance in the buffer as context (default 0;"
+        " 4 measured -1.9 WER points on 6 long calls at RTF 0.48, not yet on the whole set)",
+    )
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -126,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "commit_policy": args.commit_policy,
         "commit_deadline_sec": args.commit_deadline_sec,
         "committed_prefix": args.committed_prefix,
+        "turn_context_sec": args.turn_context_sec,
     }
     changes = {k: (None if v is NONE else v) for k, v in asr_flags.items() if v is not None}
     if not changes:
