@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +90,22 @@ def bootstrap_difference(
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, float), q)) if len(values) else None
+
+
+def against_offline(
+    streaming: Sequence[Score], offline: Sequence[Score], lags: Sequence[float], busy: float, audio_sec: float
+) -> dict[str, Any]:
+    """A streaming system's figures on a set of calls: the difference of its pooled WER from
+    offline's with the bootstrap interval, commit lag p50/p95, committed words and RTF."""
+    lo, hi = bootstrap_difference(streaming, offline)
+    return {
+        "difference": pooled(streaming).wer - pooled(offline).wer,
+        "difference_ci95": [lo, hi],
+        "lag_p50": percentile(lags, 50),
+        "lag_p95": percentile(lags, 95),
+        "committed_words": len(lags),
+        "rtf": busy / audio_sec,
+    }
 
 
 def turn_changes(turns: Sequence[tuple[int, float, float]]) -> list[float]:

@@ -39,8 +39,7 @@ from benchmarks.call_scoring import (
     REGIONS,
     Score,
     TimedText,
-    bootstrap_difference,
-    percentile,
+    against_offline,
     pooled,
     region_scores,
     score,
@@ -225,8 +224,7 @@ def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path) -> StreamRe
 
 def summarise(results: list[StreamResult]) -> dict[str, Any]:
     """Pooled figures of one row (set), with the bootstrap over its calls."""
-    s, o = pooled([r.streaming_score for r in results]), pooled([r.offline_score for r in results])
-    lo, hi = bootstrap_difference([r.streaming_score for r in results], [r.offline_score for r in results])
+    streaming, offline = [r.streaming_score for r in results], [r.offline_score for r in results]
     lags = [lag for r in results for lag in r.lags]
     audio = sum(r.seconds for r in results)
     regions = {
@@ -236,15 +234,10 @@ def summarise(results: list[StreamResult]) -> dict[str, Any]:
     return {
         "calls": len(results),
         "audio_sec": round(audio, 2),
-        "reference_words": s.words,
-        "offline_wer": o.wer,
-        "streaming_wer": s.wer,
-        "difference": s.wer - o.wer,
-        "difference_ci95": [lo, hi],
-        "lag_p50": percentile(lags, 50),
-        "lag_p95": percentile(lags, 95),
-        "committed_words": len(lags),
-        "rtf": sum(r.busy for r in results) / audio,
+        "reference_words": pooled(streaming).words,
+        "offline_wer": pooled(offline).wer,
+        "streaming_wer": pooled(streaming).wer,
+        **against_offline(streaming, offline, lags, sum(r.busy for r in results), audio),
         "offline_rtf": sum(r.offline_busy for r in results) / audio,
         "regions": regions,
     }

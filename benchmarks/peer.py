@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.call_scoring import Score, bootstrap_difference, percentile, pooled, score
+from benchmarks.call_scoring import Score, against_offline, bootstrap_difference, pooled, score
 from benchmarks.calls import build_calls, default_cache_dir
 from benchmarks.long_calls import SETS, Stream, StreamResult, evaluate, parse_value, source_version, streams_of
 from benchmarks.simulate_rtf import machine
@@ -69,8 +69,7 @@ def run_peer(
         def load_model(self, *_args: Any) -> Any:
             return model
 
-    lan = "auto" if config.lan == "auto" else config.lan
-    online = peer.OnlineASRProcessor(SharedModelASR(lan), None, buffer_trimming=("segment", trim_sec))
+    online = peer.OnlineASRProcessor(SharedModelASR(config.lan), None, buffer_trimming=("segment", trim_sec))
     rate = 16000
     step = round(chunk_sec * rate)
     words: list[str] = []
@@ -93,17 +92,7 @@ def run_peer(
 
 
 def summary(scores: list[Score], offline: list[Score], lags: list[float], busy: float, audio: float) -> dict[str, Any]:
-    s, o = pooled(scores), pooled(offline)
-    lo, hi = bootstrap_difference(scores, offline)
-    return {
-        "wer": s.wer,
-        "difference": s.wer - o.wer,
-        "difference_ci95": [lo, hi],
-        "lag_p50": percentile(lags, 50),
-        "lag_p95": percentile(lags, 95),
-        "committed_words": len(lags),
-        "rtf": busy / audio,
-    }
+    return {"wer": pooled(scores).wer, **against_offline(scores, offline, lags, busy, audio)}
 
 
 def print_set(row: str, results: list[StreamResult], peers: list[tuple[str, list[float], float]]) -> dict[str, Any]:
