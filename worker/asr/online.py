@@ -43,7 +43,10 @@ whisper_streaming's voice activity controller does it:
   committed speech before it, from a sentence start: the next turn is decoded with the turns
   before it in the window (their words are re-read and dropped by time, as committed words are);
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
-  so the last words of a call are not lost.
+  so the last words of a call are not lost;
+* a closing decode (utterance end or :meth:`finish`) whose words stop ``EARLY_STOP_SEC`` before
+  the voice does is not the end of the stretch: the rest is decoded again on its own
+  (:mod:`worker.asr.utterance`).
 """
 
 from __future__ import annotations
@@ -176,15 +179,11 @@ class OnlineASRProcessor(UtteranceBuffering):
         """Commit the unconfirmed tail; the stream is over.
 
         With ``vac``, an open stretch is decoded once more up to the end of the audio, and its
-        whole hypothesis is committed as an utterance end.
+        whole hypothesis is committed as an utterance end; if that decode stopped early, the
+        audio after its last word is decoded again first, as at an utterance end.
         """
         if self.vac and self.voice.voiced:
-            request = self._final_request(self.buffer_end)
-            result = self.asr.transcribe_requests([request])[0]
-            committed = self._complete_final(request, result, self.buffer_end)
-            words = list(committed.words) + self.transcript_buffer.force_commit()
-            self._trim_to(self.buffer_end / self.sample_rate)
-            return self._committed(words, utterance_end=bool(words))
+            return self._finish_utterance()
         words = self.transcript_buffer.force_commit()
         self._trim_to(self.buffer_end / self.sample_rate)
         return self._committed(words, utterance_end=bool(words) and self.vac)

@@ -6,7 +6,11 @@ so all a function of the input:
 
 * **utterance end**: the voice paused for ``VAC_SILENCE_SEC``. Decode the stretch with the
   pause after it (beam ``final_beam_size``), commit the whole hypothesis marked
-  ``utterance_end``, and cut the buffer in the pause;
+  ``utterance_end``, and cut the buffer in the pause. A decode whose words stop
+  ``EARLY_STOP_SEC`` or more before the voice did ended early (Whisper's end of text in the
+  middle of speech, most often in a long window): its words are committed, the buffer is cut
+  after them, and the rest of the stretch is decoded on its own at the next iteration, as
+  faster-whisper's ``transcribe`` seeks past a window's last segment;
 * **short pause**: ``PHRASE_PAUSE_SEC`` of silence inside a stretch. Decode the buffer, commit all
   but the last word, keep the buffer: the words before a pause have all the context they get,
   and committing them now saves a chunk of latency;
@@ -45,6 +49,12 @@ CONFIDENT_PROBABILITY = 0.85
 PHRASE_PAUSE_SEC = 0.3
 #: With ``vac``, a stretch is decoded within its length only once this much of it is voiced.
 VAC_MIN_VOICED_SEC = 1.0
+#: With ``vac``, a closing decode whose last word ends this long before the stretch's voice ends
+#: stopped early; the rest of the stretch is decoded again instead of being cut away unheard.
+#: Measured on ci-30s as μ-law: two such stops dropped 24 of 85 reference words.
+EARLY_STOP_SEC = 1.0
+#: ... provided its words reach this far past the buffer's start, so every resume moves on.
+RESUME_MIN_SEC = 0.3
 #: With ``turn_context_sec``, the context starts this long before its first word's aligned start.
 CONTEXT_LEAD_SEC = 0.1
 #: ... at a word after a sentence mark, or after a gap this long (a pause or a turn change).
@@ -140,13 +150,53 @@ class UtteranceBuffering:
 
         ``result`` is ``None`` when the hypothesis of the short pause before is still current.
         """
+        committed = self._final_words(request, result)
+        resume = self._resume_point(speech_end)
+        if resume is not None:
+            self._trim_to(resume)  # the stretch stays open; its rest is the next decode, alone
+            return self._committed(committed)
+        return self._close_stretch(committed, speech_end)
+
+    def _finish_utterance(self: OnlineASRProcessor) -> Committed:
+        """The stream ends inside a stretch: decode it to the end (again past an early stop)."""
+        speech_end = min(max(self.voice.state.speech_end, self.buffer_start), self.buffer_end)
+        words: list[Word] = []
+        while True:
+            request = self._final_request(self.buffer_end)
+            words += self._final_words(request, self.asr.transcribe_requests([request])[0])
+            resume = self._resume_point(speech_end)
+            if resume is None:
+                break
+            self._trim_to(resume)  # the decode stopped early: hear the rest on its own
+        words += self._close_stretch([], self.buffer_end).words
+        words += self.transcript_buffer.force_commit()
+        self._trim_to(self.buffer_end / self.sample_rate)
+        return self._committed(words, utterance_end=bool(words))
+
+    def _final_words(self: OnlineASRProcessor, request: TranscribeRequest | None, result: Any | None) -> list[Word]:
+        """Commit the whole hypothesis of a closing decode (``result`` ``None``: the current one)."""
         committed = []
         if result is not None and self._insert(request, result):
             if self.commit_at_utterance_end:
                 self.transcript_buffer.hold()  # this decode alone says what the stretch holds
             else:
                 committed = self.transcript_buffer.flush()
-        committed += self.transcript_buffer.force_commit()
+        return committed + self.transcript_buffer.force_commit()
+
+    def _resume_point(self: OnlineASRProcessor, speech_end: int) -> float | None:
+        """Where to cut if the closing decode stopped early (``EARLY_STOP_SEC``), else ``None``.
+
+        It is the end of the last committed word: the words before it stay committed, and the
+        voiced audio after it, which the decode did not hear, is decoded again on its own. Only
+        committed words and positions decide, so a restored processor resumes at the same place.
+        """
+        heard = self.transcript_buffer.last_committed_time
+        if heard < self.buffer_start / self.sample_rate + RESUME_MIN_SEC:
+            return None
+        return heard if speech_end / self.sample_rate - heard >= EARLY_STOP_SEC else None
+
+    def _close_stretch(self: OnlineASRProcessor, committed: list[Word], speech_end: int) -> Committed:
+        """The stretch that ends at ``speech_end`` is heard out: cut the buffer in the pause."""
         self.voice.cut_current()
         # cut in the pause (after any word the alignment stretched into it), keeping the
         # pre-roll of a stretch that already started in the pause

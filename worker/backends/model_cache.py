@@ -24,13 +24,13 @@ def shared_model(key: tuple[str, ...], factory: Callable[[], T]) -> T:
         with _lock:
             if key in _models:
                 return _models[key]
-        model = _built_in_own_thread(factory)
+        model = built_in_own_thread(factory)
         with _lock:
             _models[key] = model
         return model
 
 
-def _built_in_own_thread(factory: Callable[[], T]) -> T:
+def built_in_own_thread(factory: Callable[[], T]) -> T:
     """``factory()`` run in a short-lived thread of its own, its result or its exception.
 
     Measured on the 2-core CPU of docs/benchmarks.md: a CTranslate2 Whisper model built in the

@@ -1,0 +1,83 @@
+"""A closing decode that stops early: the rest of the voiced stretch is decoded, not cut away.
+
+Whisper sometimes ends its text in the middle of speech, most often in a long window. Seen on a
+generated call as μ-law: the decode that closed a turn stopped 4 s before the voice did, and the
+buffer was then cut in the pause after the turn, so those 4 s were never heard again. The backend
+here plays that failure on real speech (Silero finds the stretches): every decode of more than
+3 s of audio returns words for its first 1.6 s only.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from benchmarks.corpus import speech_dir
+from worker.asr import utterance
+from worker.asr.audio import decode_file
+from worker.asr.contracts import ASRBase
+from worker.asr.online import OnlineASRProcessor
+
+pytestmark = pytest.mark.timeout(120)
+
+# two speakers: 0-5.0 s, then 5.6-8.6 s
+TWO_SPEAKERS = "09_two_speakers_librispeech_61-70968-0000_then_260-123286-0001.wav"
+STEP_SEC = 0.4
+STOPS_AFTER_SEC = 1.6
+
+
+class EarlyStoppingASR(ASRBase):
+    """A word every 0.4 s of the request's audio; past 3 s of audio, only the first 1.6 s of them."""
+
+    def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[tuple[float, float, str]]:
+        seconds = audio.shape[0] / 16000
+        heard = STOPS_AFTER_SEC if seconds > 3.0 else seconds - 0.3
+        words = []
+        for k in range(int(heard / STEP_SEC)):
+            start = k * STEP_SEC
+            # named by the audio under it, so decodes of the same buffer agree word for word
+            words.append((start, start + 0.3, f" w{int(abs(audio[int(start * 16000)]) * 1e6)}"))
+        return words
+
+    def ts_words(self, result: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+        return result
+
+    def segments_end_ts(self, result: list[tuple[float, float, str]]) -> list[float]:
+        return [result[-1][1]] if result else []
+
+
+def stream(audio: np.ndarray) -> list:
+    processor = OnlineASRProcessor(EarlyStoppingASR("en"), vad=True, vac=True)
+    processor.init()
+    out = []
+    for i in range(0, audio.shape[0], 1600):
+        processor.insert_audio_chunk(audio[i : i + 1600])
+        while processor.is_due():
+            out.append(processor.process_iter())
+    out.append(processor.finish())
+    return [c for c in out if c.words]
+
+
+def largest_gap(commits: list, start: float, end: float) -> float:
+    """The longest stretch of [start, end] that no committed word starts in."""
+    times = sorted(w.start for c in commits for w in c.words if start <= w.start <= end)
+    edges = [start, *times, end]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def test_the_voiced_audio_after_a_closing_decode_that_stopped_early_is_decoded_again(monkeypatch):
+    audio = decode_file(speech_dir() / TWO_SPEAKERS)
+    commits = stream(audio)
+    # words all through both turns, though no decode of more than 3 s hears past its first 1.6 s
+    assert largest_gap(commits, 0.5, 4.6) < 1.0
+    assert largest_gap(commits, 6.0, 8.2) < 1.0
+    # the turn's end is marked once, on the commit that closes it, not where a decode stopped
+    ends = [c.end for c in commits if c.utterance_end]
+    assert len(ends) == 2 and ends[0] > 4.0, ends
+
+    # without the resume the buffer is cut in the pause and the rest of each turn is lost
+    monkeypatch.setattr(utterance, "EARLY_STOP_SEC", float("inf"))
+    lost = stream(audio)
+    assert largest_gap(lost, 0.5, 4.6) >= 2.0
