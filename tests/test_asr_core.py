@@ -56,6 +56,23 @@ def test_the_newest_hypothesis_commits_what_it_shares_with_the_one_before_the_la
     assert [w.text for w in buf.flush()] == ["I"]
 
 
+def test_the_same_text_a_chunk_apart_is_not_agreement():
+    buf = HypothesisBuffer()
+    # a degenerate decode pins ",000" to the last 40 ms of a 25 s buffer ...
+    buf.insert(hyp((23.0, 23.5, "nine"), (24.96, 25.0, ",000")), 0.0)
+    assert buf.flush() == []
+    # ... and the next one, a second later, to the last 40 ms of its 26 s buffer
+    buf.insert(hyp((23.0, 23.5, "nine"), (25.96, 26.0, ",000")), 0.0)
+    committed = buf.flush()
+    assert [w.text for w in committed] == ["nine"]
+    assert buf.last_committed_time == 23.5  # not 26.0, past the words still to come
+    # the word agreed where both decodes place it (alignment jitter is a tenth or two)
+    buf.insert(hyp((24.1, 24.6, "seven"), (24.7, 25.0, "seven")), 0.0)
+    buf.flush()
+    buf.insert(hyp((24.2, 24.6, "seven"), (24.7, 25.1, "seven"), (25.2, 25.6, "three")), 0.0)
+    assert [w.text for w in buf.flush()] == ["seven", "seven"]
+
+
 def test_a_reread_ngram_at_the_commit_boundary_is_dropped():
     buf = HypothesisBuffer()
     buf.insert(hyp((0.0, 0.4, "a"), (0.4, 0.8, "b")), 0.0)

@@ -24,6 +24,7 @@ from worker.backends.synthetic import encode_words, random_words
 from worker.metrics import PrometheusObserver
 from worker.protocol.messages import DeadLetter
 from worker.runtime.loop import Worker
+from worker.runtime.readahead import read_input
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,7 +94,7 @@ def test_read_ahead_holds_at_most_read_ahead_bytes_of_decoded_audio_even_with_th
     worker = Worker(synthetic_settings(redis_url, read_ahead_bytes=4 * 2**20, max_chunk_bytes=cap))
     worker.start()
     worker.intake.take()
-    worker._read_input()
+    read_input(worker.client, worker.keys, worker.sessions.values(), worker.settings, worker.observer)
     session = worker.sessions["huge-chunks"]
     assert 0 < session.queued_bytes() <= 4 * 2**20 and len(session.queue) == 4
     worker.shutdown()  # hands the session over; a fresh worker finishes it

@@ -26,6 +26,10 @@ _START_SLACK_SEC = 0.1
 #: The n-gram dedupe only runs when the new hypothesis starts this close to the commit point.
 _NGRAM_WINDOW_SEC = 1.0
 _MAX_NGRAM = 5
+#: Two hypotheses agree on a word only where they also place its start this close: the same text a
+#: chunk apart is not the same word (a degenerate decode pins its last words to the buffer's end,
+#: and two such decodes "agree" on them a chunk apart, past words not yet heard).
+_AGREE_SLACK_SEC = 0.5
 
 
 def as_word(raw: Sequence[Any], offset: float = 0.0) -> Word:
@@ -179,6 +183,6 @@ class HypothesisBuffer:
 
 def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     n = 0
-    while n < len(a) and n < len(b) and a[n].text == b[n].text:
+    while n < len(a) and n < len(b) and a[n].text == b[n].text and abs(a[n].start - b[n].start) <= _AGREE_SLACK_SEC:
         n += 1
     return n

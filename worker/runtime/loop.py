@@ -24,11 +24,12 @@ from worker.runtime.acquire import SessionFactory
 from worker.runtime.batching import transcribe
 from worker.runtime.capacity import CapacityMeter
 from worker.runtime.committer import FENCED, OK, Committer
-from worker.runtime.faults import fail_session, isolated
+from worker.runtime.faults import isolated
 from worker.runtime.intake import Intake
 from worker.runtime.models import ModelControl
 from worker.runtime.ownership import LeaseKeeper, LeaseManager
 from worker.runtime.partials import PartialPublisher
+from worker.runtime.readahead import read_input
 from worker.runtime.reconcile import Reconciler
 from worker.runtime.retry import CommitRetry
 from worker.runtime.session import LiveSession
@@ -219,7 +220,7 @@ class Worker:
     def _iteration(self) -> bool:
         self._drop_lost()
         took = self.intake.take()
-        self._read_input()
+        read_input(self.client, self.keys, self.sessions.values(), self.settings, self.observer)
         stall = self.settings.stall_timeout_sec
         # a session whose commit failed waits for its retry with what it has, unprocessed
         planned = [s for s in self.sessions.values() if not self.commit_retry.waiting(s.session_id)]
@@ -278,44 +279,6 @@ class Worker:
                         "lost the lease of session %s; dropping it", sid, extra={"session": sid, "event": "lease_lost"}
                     )
                     self._let_go(sid)  # the new owner copies what is left
-
-    def _read_input(self) -> None:
-        """Top up each session's queue, in one pipelined round trip: to ``read_count`` entries and
-        ``read_ahead_bytes`` of decoded audio.
-
-        Never more: a backlog (after an outage, or a burst) stays in Redis, not decoded in this
-        process's memory, which stays flat however far behind a session is. The byte bound counts
-        each entry still unread at its largest decoded size (``max_chunk_bytes`` of one-byte
-        samples become four-byte floats), so huge chunks cannot multiply it.
-        """
-        limit = self.settings.read_count
-        largest = 4 * self.settings.max_chunk_bytes
-        wanted: list[tuple[LiveSession, int]] = []
-        for s in self.sessions.values():
-            room = (self.settings.read_ahead_bytes - s.queued_bytes()) // largest
-            count = min(limit - len(s.queue), room if s.queue else max(1, room))
-            if not s.end_reached and count > 0:
-                wanted.append((s, count))
-        if not wanted:
-            return
-        active = [s for s, _count in wanted]
-        pipe = self.client.pipeline(transaction=False)
-        for s, count in wanted:
-            key = self.keys.session_input(s.session_id)
-            pipe.xrange(key, f"({s.last_read_id}", "+", count=count)
-            pipe.xlen(key)  # for the backlog still in Redis
-        replies = pipe.execute(raise_on_error=False)
-        for s, entries, length in zip(active, replies[0::2], replies[1::2], strict=True):
-            problem = next((r for r in (entries, length) if isinstance(r, Exception)), None)
-            if problem is not None:
-                if "WRONGTYPE" not in str(problem):
-                    raise problem
-                fail_session(s, "reading its input", problem)  # its input key is not a stream
-                continue
-            if entries:
-                chunks, audio_sec = isolated(s, "taking input", s.take_entries, entries, default=(0, 0.0))
-                self.observer.chunks_received(chunks, audio_sec)
-            s.note_input_length(int(length))
 
     def _commit(self, sessions: list[LiveSession]) -> int:
         if not sessions:
