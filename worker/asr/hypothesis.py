@@ -12,6 +12,9 @@ This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and check
   the new one agreeing with the one before the last (A, B, A) is two of the last three decodes
   saying the same, the newest among them. It commits words that one odd decode in between would
   hold back for another whole chunk (commit lag p95 3.34 → 3.12 s on the long calls, docs/benchmarks.md).
+  Agreement is on a word's text *and* place: the same text whose start moved by more than half a
+  second is another word (a degenerate decode pins its last words to the buffer's end, a chunk on
+  each time).
 """
 
 from __future__ import annotations
