@@ -73,6 +73,16 @@ def test_the_same_text_a_chunk_apart_is_not_agreement():
     assert [w.text for w in buf.flush()] == ["seven", "seven"]
 
 
+def test_words_that_differ_only_in_case_and_punctuation_agree_and_commit_as_the_newest_says():
+    buf = HypothesisBuffer()
+    buf.insert(hyp((0.0, 0.4, " Of"), (0.4, 0.9, " course,"), (1.0, 1.3, " what")), 0.0)
+    assert buf.flush() == []
+    buf.insert(hyp((0.0, 0.4, " of"), (0.4, 0.9, " course."), (1.0, 1.3, " What"), (1.3, 1.5, " would")), 0.0)
+    assert [w.text for w in buf.flush()] == [" of", " course.", " What"]
+    buf.insert(hyp((1.3, 1.5, " would"), (1.6, 1.9, " you")), 0.0)
+    assert [w.text for w in buf.flush()] == [" would"]
+
+
 def test_a_reread_ngram_at_the_commit_boundary_is_dropped():
     buf = HypothesisBuffer()
     buf.insert(hyp((0.0, 0.4, "a"), (0.4, 0.8, "b")), 0.0)

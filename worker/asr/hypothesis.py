@@ -12,13 +12,14 @@ This is whisper_streaming's ``HypothesisBuffer`` algorithm, kept small and check
   the new one agreeing with the one before the last (A, B, A) is two of the last three decodes
   saying the same, the newest among them. It commits words that one odd decode in between would
   hold back for another whole chunk (commit lag p95 3.34 → 3.12 s on the long calls, docs/benchmarks.md).
-  Agreement is on a word's text *and* place: the same text whose start moved by more than half a
-  second is another word (a degenerate decode pins its last words to the buffer's end, a chunk on
-  each time).
+  Agreement is on a word's text, less case and punctuation (Whisper re-punctuates as a sentence
+  grows), *and* its place: the same text whose start moved by more than half a second is another
+  word (a degenerate decode pins its last words to the buffer's end, a chunk on each time).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ _MAX_NGRAM = 5
 #: chunk apart is not the same word (a degenerate decode pins its last words to the buffer's end,
 #: and two such decodes "agree" on them a chunk apart, past words not yet heard).
 _AGREE_SLACK_SEC = 0.5
+#: What agreement ignores: punctuation and spaces (apostrophes are part of words).
+_NOT_WORD = re.compile(r"[^\w']+")
 
 
 def as_word(raw: Sequence[Any], offset: float = 0.0) -> Word:
@@ -186,6 +189,19 @@ class HypothesisBuffer:
 
 def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     n = 0
-    while n < len(a) and n < len(b) and a[n].text == b[n].text and abs(a[n].start - b[n].start) <= _AGREE_SLACK_SEC:
+    while n < len(a) and n < len(b) and same_word(a[n], b[n]):
         n += 1
     return n
+
+
+def same_word(a: Word, b: Word) -> bool:
+    """Two hypotheses' words are one: the same text but for case and punctuation, in the same place.
+
+    Whisper re-punctuates a phrase as more of the sentence arrives ("course," then "course."); the
+    words did not change, and waiting for the punctuation to settle costs a chunk of latency.
+    """
+    return _bare(a.text) == _bare(b.text) and abs(a.start - b.start) <= _AGREE_SLACK_SEC
+
+
+def _bare(text: str) -> str:
+    return _NOT_WORD.sub("", text).lower()
