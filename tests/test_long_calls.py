@@ -70,3 +70,37 @@ def test_set_options_reach_the_asr_config() -> None:
 def test_an_unknown_set_is_refused_with_the_choices() -> None:
     with pytest.raises(SystemExit, match="choose from mix, ulaw, stereo"):
         main(["--sets", "mix,opus"])
+
+
+def test_error_kinds_splits_the_errors_by_kind_by_digit_groups_and_by_place_in_the_turn() -> None:
+    from pathlib import Path
+
+    from benchmarks.calls import Call, Turn
+    from benchmarks.error_kinds import breakdown, join_digit_groups
+
+    assert join_digit_groups("it is 8211 2684 thank you 6 0 2") == "it is 82112684 thank you 602"
+    phrases = (
+        Turn(0, 0.0, 3.0, "Your account number is 82112684."),  # agent, one 3 s turn
+        Turn(1, 4.0, 4.6, "Thank you."),  # customer, a short turn
+    )
+    nowhere = Path("/nonexistent")
+    call = Call("c", 5.0, nowhere, nowhere, nowhere, "", ("", ""), phrases, phrases)
+    reference = "Your account number is 82112684. Thank you."
+    report = {
+        "streams": [
+            {
+                "call": "c",
+                "row": "mix",
+                "reference": reference,
+                # "your" misheard at the turn's start, the number split, "you" dropped
+                "streaming": "Our account number is 8211 2684. Thank.",
+                "offline": reference,
+            }
+        ]
+    }
+    figures = breakdown(report, {"c": call})["mix"]
+    assert figures["sdi"]["streaming"] == [2, 1, 1, 7]  # our / your, 8211 / 82112684, you; 2684
+    assert figures["sdi"]["offline"] == [0, 0, 0, 7]
+    assert figures["digits_joined"]["streaming"] == [2, 7]  # the split number reads right joined
+    position = figures["position"]["streaming"]
+    assert position["turn's first 1.5 s"][0] >= 1 and sum(w for _e, w in position.values()) == 7
