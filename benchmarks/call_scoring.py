@@ -9,7 +9,7 @@ its words, not as one file.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -139,6 +139,13 @@ def region_scores(
     inserted word is charged to the reference word it follows. Totals can differ from
     :func:`score` by a word or two where the normaliser joins words across phrases.
     """
+    out = {r: Score() for r in REGIONS}
+    out.update(scores_by(phrases, hypothesis, lambda t: region_of(t, seconds, changes)))
+    return out
+
+
+def scores_by(phrases: Sequence[TimedText], hypothesis: str, place: Callable[[float], str]) -> dict[str, Score]:
+    """Errors and reference words per ``place`` of each reference word's time (see :func:`region_scores`)."""
     import jiwer
 
     words, times = [], []
@@ -146,18 +153,18 @@ def region_scores(
         toks = normalise(p.text).split()
         words += toks
         times += [p.start + (i + 0.5) / len(toks) * (p.end - p.start) for i in range(len(toks))]
-    out = {r: Score() for r in REGIONS}
+    out: dict[str, Score] = {}
     if not words:
         return out
-    regions = [region_of(t, seconds, changes) for t in times]
-    for r in regions:
-        out[r] += Score(0, 1)
+    places = [place(t) for t in times]
+    for r in places:
+        out[r] = out.get(r, Score()) + Score(0, 1)
     alignment = jiwer.process_words(" ".join(words), normalise(hypothesis)).alignments[0]
     for chunk in alignment:
         if chunk.type in ("substitute", "delete"):
             for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
-                out[regions[i]] += Score(1, 0)
+                out[places[i]] += Score(1, 0)
         elif chunk.type == "insert":
             i = min(max(chunk.ref_start_idx - 1, 0), len(words) - 1)
-            out[regions[i]] += Score(chunk.hyp_end_idx - chunk.hyp_start_idx, 0)
+            out[places[i]] += Score(chunk.hyp_end_idx - chunk.hyp_start_idx, 0)
     return out

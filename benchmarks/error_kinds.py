@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.call_scoring import normalise
+from benchmarks.call_scoring import Score, normalise, scores_by
 from benchmarks.calls import Call, build_calls
 
 SYSTEMS = ("streaming", "offline")
@@ -81,34 +81,12 @@ def _errors(reference: str, hypothesis: str, text: Callable[[str], str] = lambda
     return out.substitutions, out.deletions, out.insertions, len(ref.split())
 
 
-def _by_position(call: Call, row: str, hypothesis: str) -> dict[str, list[int]]:
+def _by_position(call: Call, row: str, hypothesis: str) -> dict[str, Score]:
     """Errors and reference words per turn position (insertions charged to the word before)."""
-    import jiwer
-
     channel = _channel(row)
     turns = _turns(call, channel)
-    words: list[str] = []
-    times: list[float] = []
-    for p in call.phrases:
-        if channel is not None and p.speaker != channel:
-            continue
-        toks = normalise(p.text).split()
-        words += toks
-        times += [p.start + (i + 0.5) / len(toks) * (p.end - p.start) for i in range(len(toks))]
-    where = [turn_position(t, turns) for t in times]
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for w in where:
-        out[w][1] += 1
-    if not words:
-        return out
-    for chunk in jiwer.process_words(" ".join(words), normalise(hypothesis)).alignments[0]:
-        if chunk.type in ("substitute", "delete"):
-            for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
-                out[where[i]][0] += 1
-        elif chunk.type == "insert":
-            i = min(max(chunk.ref_start_idx - 1, 0), len(words) - 1)
-            out[where[i]][0] += chunk.hyp_end_idx - chunk.hyp_start_idx
-    return out
+    phrases = [p for p in call.phrases if channel is None or p.speaker == channel]
+    return scores_by(phrases, hypothesis, lambda t: turn_position(t, turns))
 
 
 def breakdown(report: dict[str, Any], calls: dict[str, Call]) -> dict[str, dict[str, Any]]:
@@ -131,9 +109,9 @@ def breakdown(report: dict[str, Any], calls: dict[str, Call]) -> dict[str, dict[
             sub, dele, ins, n = _errors(reference, stream[system], join_digit_groups)
             figures["digits_joined"][system][0] += sub + dele + ins
             figures["digits_joined"][system][1] += n
-            for where, (errors, words) in _by_position(calls[stream["call"]], row, stream[system]).items():
-                figures["position"][system][where][0] += errors
-                figures["position"][system][where][1] += words
+            for where, found in _by_position(calls[stream["call"]], row, stream[system]).items():
+                figures["position"][system][where][0] += found.errors
+                figures["position"][system][where][1] += found.words
     return sets
 
 
