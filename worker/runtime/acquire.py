@@ -201,6 +201,7 @@ class SessionFactory:
             processor_rate=rate,
             config=config,
             max_rejections=self.settings.max_rejections,
+            catch_up_step_sec=self.settings.catch_up_step_sec,
         )
 
     def _check_allowed(self, opened: SessionOpen) -> None:

@@ -10,9 +10,11 @@ The session moves through the worker's loop in three steps:
    dead letters, :mod:`worker.runtime.records`) and the checkpoint that the commit script writes
    atomically.
 
-Processing points depend only on the input (a processor is due once ``min_chunk`` seconds of
-new audio are in, whatever the backlog), so a run restored from a checkpoint makes the same
-calls as one that never stopped, and with a deterministic backend emits the same segments.
+Processing points depend on the input (a processor is due once ``min_chunk`` seconds of new
+audio are in) and, with ``catch_up_step_sec``, on the backlog: a session behind by a chunk merges
+chunk points into longer steps to catch up. With merging off, a run restored from a checkpoint
+makes the same calls as one that never stopped, and with a deterministic backend emits the same
+segments; with it on, the same words may be split and timed otherwise, each committed once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worker.asr.config import ASRConfig
 from worker.asr.contracts import (
     ASRProcessor,
     BatchableProcessor,
+    DeferrableProcessor,
     StreamingProcessor,
     TranscribeRequest,
 )
@@ -86,6 +89,7 @@ class LiveSession(SessionRecords):
         processor_rate: int,
         config: ASRConfig | None = None,
         max_rejections: int = 100,
+        catch_up_step_sec: float = 0.0,
     ) -> None:
         self.lease = lease
         #: the session's ASR options (None when its open message was refused)
@@ -124,6 +128,8 @@ class LiveSession(SessionRecords):
         #: rejected entries so far in this ownership; past ``max_rejections`` the session ends
         self.rejections = 0
         self.max_rejections = max_rejections
+        #: behind by a step or more, chunk points merge into steps of up to this much audio (0: never)
+        self.catch_up_step_sec = catch_up_step_sec
 
     @property
     def session_id(self) -> str:
@@ -217,14 +223,22 @@ class LiveSession(SessionRecords):
         return self._calls()
 
     def _consume_until_due(self) -> bool:
-        """Consume queued entries up to the first processing point (True) or the queue's end.
+        """Consume queued entries up to the next processing point (True) or the queue's end.
 
-        The first point, not the last of a backlog: skipping points to catch up would make them
-        depend on how much was read at once, so a burst, a real-time run and a run restored
-        after a takeover would give different segments, and a skipped-over buffer could grow
-        past the model's 30 s window.
+        That is the first point, unless the session is behind: with ``catch_up_step_sec``, while
+        a further step of audio is already queued, chunk points that every due processor may
+        defer are merged into one step of up to that much audio. A decode costs about the same
+        whatever share of its buffer is new, so merging is what lets a worker that fell behind
+        catch up instead of falling further behind. The price: the points then depend on how far
+        behind the session was, so a replay after a takeover may commit other words than the run
+        it replaces would have (once each, never twice: the commit is still atomic with the
+        position). With ``catch_up_step_sec`` 0 the points depend on the input alone, and a
+        restored, real-time or burst run makes the same calls.
         """
+        due = False
         while self.queue:
+            if due and not self._may_merge():
+                return True
             entry = self.queue.popleft()
             self.in_pos = entry.entry_id
             self.dirty = True
@@ -239,9 +253,21 @@ class LiveSession(SessionRecords):
                 self.queue.clear()
                 return True
             self._feed(entry)
-            if any(_is_due(p) for p in self.processors):
-                return True
-        return False
+            due = due or any(_is_due(p) for p in self.processors)
+        return due
+
+    def _may_merge(self) -> bool:
+        """Behind by a step (a whole ``min_chunk`` of audio queued), and every due point may wait."""
+        if self.catch_up_step_sec <= 0 or self.queue[0].audio is None:
+            return False
+        queued = sum(e.frames for e in self.queue) / self.opened.sample_rate
+        if queued < (self.config.min_chunk_size if self.config else 1.0):
+            return False
+        return all(
+            isinstance(p, DeferrableProcessor) and p.can_defer(self.catch_up_step_sec)
+            for p in self.processors
+            if _is_due(p)
+        )
 
     def _admit(self, entry: inputs.InputEntry) -> bool:
         """Accept an entry in sequence (True), or reject it with an error and a dead letter."""
