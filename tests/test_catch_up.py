@@ -111,3 +111,32 @@ def test_merged_chunk_steps_never_move_an_utterance_end_and_take_fewer_decodes()
         starts = sorted(w.start for c in commits for w in c.words)
         assert starts[0] < 1.0 and starts[-1] > 7.5
         assert max(b - a for a, b in itertools.pairwise(starts)) < 1.5
+
+
+def test_a_session_that_keeps_up_is_decoded_at_every_chunk_point(redis_url):
+    words = random_words(30, seed=3)  # 12 s of audio
+    audio = encode_words(words)
+    calls = {}
+    for step in (3.0, 0.0):
+        sid = f"keeps-up-{step:g}"
+        writer = Producer(redis_url).open(sid, sample_rate=16000, encoding="pcm_s16le")
+        observer = CountingObserver()
+        worker = Worker(synthetic_settings(redis_url, catch_up_step_sec=step), observer=observer)
+        worker.start()
+        try:
+            # a worker that keeps up: each 100 ms chunk is read and planned before the next is sent
+            for i in range(0, audio.shape[0], 1600):
+                writer.send(audio[i : i + 1600])
+                worker.run_iteration()
+            writer.close()
+            for _ in range(100):
+                if not worker.run_iteration() and not worker.sessions:
+                    break
+        finally:
+            worker.shutdown()
+        events = session_events(client_for(redis_url), sid)
+        assert events[-1].TYPE == "session_ended"
+        got = [(w[0], w[1], w[2]) for e in events if e.TYPE == "segment" for w in e.words]
+        assert got == [(round(s, 3), round(e, 3), t) for s, e, t in expected_words(words)]
+        calls[step] = observer.calls
+    assert calls[3.0] == calls[0.0] >= 11
