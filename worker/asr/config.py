@@ -40,7 +40,7 @@ class ASRConfig(BaseModel):
         gt=0,
         le=30,
         description="agreement: a word with this much audio after it commits from the newest decode, agreed or"
-        " not (2.5 s: commit lag p95 under 3 s on every long-call set, for +0.3 WER points on them);"
+        " not (2.5 s bounds the lag where agreement stalls: 6 long calls p95 2.92 -> 2.86 s, +0.1 WER points);"
         " None: wait for agreement, a pause or the utterance end",
     )
     committed_prefix: bool = Field(
