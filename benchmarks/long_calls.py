@@ -119,7 +119,8 @@ def stream_commits(
 
     ``catch_up_step_sec``: as a worker that is behind all through the call would (the whole call
     queued, ``catch_up_step_sec`` of the worker settings): a chunk point that may wait
-    (:meth:`~worker.asr.online.OnlineASRProcessor.can_defer`) waits for more audio.
+    (:meth:`~worker.asr.online.OnlineASRProcessor.can_defer`) waits for more audio while any
+    remains (the worker stops merging in the last ``min_chunk_size`` of a call; a near-end nuance).
     """
     processor.init()
     step = max(1, round(chunk_sec * rate))

@@ -83,28 +83,35 @@ class WordPerStepASR(ASRBase):
         return [result[-1][1]] if result else []
 
 
-def stream(audio: np.ndarray, step_sec: float) -> tuple[list, int]:
-    """Feed 100 ms chunks as a worker with all the audio queued would: merge while it may."""
+def stream(audio: np.ndarray, step_sec: float) -> tuple[list, list, int]:
+    """Feed 100 ms chunks as a worker with all the audio queued would: merge while it may.
+
+    Returns the commits with words, the audio fed (samples) when each utterance end was
+    committed, and the decodes made.
+    """
     asr = WordPerStepASR("en")
     processor = OnlineASRProcessor(asr, vad=True, vac=True)
     processor.init()
-    commits = []
+    commits, closed_at = [], []
     for i in range(0, audio.shape[0], 1600):
         processor.insert_audio_chunk(audio[i : i + 1600])
         if processor.is_due() and not (step_sec and processor.can_defer(step_sec)):
             commits.append(processor.process_iter())
+            if commits[-1].utterance_end:
+                closed_at.append(i + 1600)
     commits.append(processor.finish())
-    return [c for c in commits if c.words], asr.calls
+    return [c for c in commits if c.words], closed_at, asr.calls
 
 
 def test_merged_chunk_steps_never_move_an_utterance_end_and_take_fewer_decodes():
     audio = decode_file(speech_dir() / TWO_SPEAKERS)
-    each, each_calls = stream(audio, 0.0)
-    merged, merged_calls = stream(audio, 3.0)
-    # the turn change closes the first utterance at the same place, merged or not
+    each, each_closed_at, each_calls = stream(audio, 0.0)
+    merged, merged_closed_at, merged_calls = stream(audio, 3.0)
+    # the turn change closes the first utterance at the same place, and as soon, merged or not
     ends = [round(c.end, 2) for c in each if c.utterance_end]
     assert [round(c.end, 2) for c in merged if c.utterance_end] == ends
     assert len(ends) == 2 and ends[0] < 5.6
+    assert merged_closed_at == each_closed_at and len(each_closed_at) == 1  # the second closes at finish
     assert merged_calls < each_calls
     # words all through both turns either way
     for commits in (each, merged):

@@ -257,11 +257,11 @@ class LiveSession(SessionRecords):
         return due
 
     def _may_merge(self) -> bool:
-        """Behind by a step (a whole ``min_chunk`` of audio queued), and every due point may wait."""
+        """Behind by a step (a whole ``min_chunk`` of audio queued or still in Redis), and every due
+        point may wait. A step merges only what is queued: the read-ahead's bounds cap it."""
         if self.catch_up_step_sec <= 0 or self.queue[0].audio is None:
             return False
-        queued = sum(e.frames for e in self.queue) / self.opened.sample_rate
-        if queued < (self.config.min_chunk_size if self.config else 1.0):
+        if self.backlog_sec() < (self.config.min_chunk_size if self.config else 1.0):
             return False
         return all(
             isinstance(p, DeferrableProcessor) and p.can_defer(self.catch_up_step_sec)
