@@ -51,8 +51,6 @@ whisper_streaming's voice activity controller does it:
 
 from __future__ import annotations
 
-import logging
-import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,6 +59,7 @@ import numpy as np
 from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
 from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
 from worker.asr.hypothesis import HypothesisBuffer
+from worker.asr.trimming import BufferTrimming
 from worker.asr.utterance import VAC_SILENCE_SEC, UtteranceBuffering
 from worker.asr.voice import VoiceTracker
 from worker.errors import SnapshotError
@@ -68,21 +67,16 @@ from worker.errors import SnapshotError
 if TYPE_CHECKING:
     from worker.asr.config import ASRConfig
 
-log = logging.getLogger(__name__)
-
 SNAPSHOT_VERSION = 2
 #: Characters of committed text given to Whisper as the initial prompt.
 PROMPT_CHARS = 200
 #: Whisper reads 30 s windows; the buffer is force-cut before it reaches that.
 MAX_BUFFER_SEC = 28.0
-#: When the buffer holds no words at all, keep this much of its end (a word may be starting).
-KEEP_UNVOICED_SEC = 1.0
 #: What makes an iteration due: see :meth:`OnlineASRProcessor.due_point`.
 ProcessingPoint = Literal["utterance_end", "pause", "chunk"]
-_SENTENCE_END = re.compile(r"[.!?…。？！]['\"”’)\]]*$")
 
 
-class OnlineASRProcessor(UtteranceBuffering):
+class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
     """Turns a growing audio stream into committed text; see the module docstring.
 
     ``sample_rate`` is the rate of the audio given to :meth:`insert_audio_chunk` (telephony
@@ -293,68 +287,6 @@ class OnlineASRProcessor(UtteranceBuffering):
             return False
         self.transcript_buffer.insert(words, self.buffer_time_offset, continues=continues)
         return True
-
-    # -- buffer trimming ---------------------------------------------------------------------
-
-    def _trim_after_iteration(self, result: Any, committed_now: bool, *, drop_unvoiced: bool = True) -> list[Word]:
-        """Trim the buffer; returns words that a hard cut had to commit unconfirmed."""
-        buffer_sec = self.audio_buffer.shape[0] / self.sample_rate
-        if committed_now and self.buffer_trimming_way == "sentence" and buffer_sec > self.buffer_trimming_sec:
-            self._chunk_completed_sentence()
-        limit = self.buffer_trimming_sec if self.buffer_trimming_way == "segment" else self.max_buffer_sec
-        if self.audio_buffer.shape[0] / self.sample_rate > limit:
-            self._chunk_completed_segment(result)
-        if drop_unvoiced and not self.transcript_buffer.buffer and not self.transcript_buffer.committed_in_buffer:
-            self._drop_unvoiced()
-        if self.audio_buffer.shape[0] / self.sample_rate > self.max_buffer_sec:
-            return self._force_cut()
-        return []
-
-    def _chunk_completed_segment(self, result: Any) -> None:
-        committed = self.transcript_buffer.committed_in_buffer
-        if not committed:
-            return
-        last_committed_end = committed[-1].end
-        ends = [e + self.buffer_time_offset for e in self.asr.segments_end_ts(result)]
-        # the last segment may still grow; cut at the latest earlier end that is fully committed
-        for end in reversed(ends[:-1]):
-            if end <= last_committed_end:
-                self._trim_to(end)
-                return
-
-    def _chunk_completed_sentence(self) -> None:
-        committed = self.transcript_buffer.committed_in_buffer
-        ends = [w.end for w in committed[:-1] if _SENTENCE_END.search(w.text.strip())]
-        if ends:
-            self._trim_to(ends[-1])
-
-    def _drop_unvoiced(self) -> None:
-        """Nothing pending and nothing committed in the buffer: keep only its last second."""
-        if self.transcript_buffer.buffer:
-            return
-        keep_from = self.buffer_end - round(KEEP_UNVOICED_SEC * self.sample_rate)
-        last_committed = round(self.transcript_buffer.last_committed_time * self.sample_rate)
-        cut = max(keep_from, last_committed)
-        if cut > self.buffer_start:
-            self._trim_to(cut / self.sample_rate)
-
-    def _force_cut(self) -> list[Word]:
-        log.debug("buffer passed %.1f s with nothing confirmed; committing the hypothesis", self.max_buffer_sec)
-        forced = self.transcript_buffer.force_commit()
-        cut = forced[-1].end if forced else (self.buffer_end / self.sample_rate) - KEEP_UNVOICED_SEC
-        self._trim_to(cut)
-        if self.audio_buffer.shape[0] / self.sample_rate > self.max_buffer_sec:
-            # the hypothesis ended early in the buffer: cut anyway rather than exceed the window
-            self._trim_to(self.buffer_end / self.sample_rate - KEEP_UNVOICED_SEC)
-        return forced
-
-    def _trim_to(self, time: float) -> None:
-        cut = min(max(round(time * self.sample_rate), self.buffer_start), self.buffer_end)
-        for word in self.transcript_buffer.pop_committed(cut / self.sample_rate):
-            self._remember_for_prompt(word.text)
-        self.audio_buffer = self.audio_buffer[cut - self.buffer_start :].copy()
-        self.buffer_start = cut
-        self.processed_end = max(self.processed_end, cut)
 
     def _remember_for_prompt(self, text: str) -> None:
         self.prompt_words.append(text)
