@@ -21,8 +21,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -30,12 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.call_audio import (
+    RATE,
+    espeak_binary,
+    set_level,
+    synthesise,
+    tool_versions,
+    trim_silence,
+    write_ulaw_wav,
+    write_wav,
+)
 from benchmarks.call_text import AGENT, CUSTOMER, PlannedTurn, plan_dialogue, turn_seconds
 from benchmarks.corpus import load_manifest, speech_dir
 
 #: Bump when anything changes what a call says or sounds like: it renames every cached file.
 GENERATOR_VERSION = "3"
-RATE = 16000
 SUBSETS = ("smoke", "ci", "full")
 
 # (espeak-ng voice, words per minute); the two parties of a call never share a voice
@@ -43,10 +50,6 @@ AGENT_VOICES = [("en-us+m3", 160), ("en-gb+f3", 145), ("en-us+f2", 150), ("en-gb
 CUSTOMER_VOICES = [("en-gb+f3", 145), ("en-us+m3", 160), ("en-gb+m5", 170), ("en-us+f4", 140), ("en-gb+f2", 150)]
 # real recordings whose references hold only plain words, for the customer's side of a few calls
 REAL_CLIPS = ["01_", "04_", "07_", "08_", "12_", "13_", "14_", "15_", "16_", "17_"]
-
-
-class EspeakNotFoundError(RuntimeError):
-    """espeak-ng is not installed, so the synthetic calls cannot be generated."""
 
 
 @dataclass(frozen=True)
@@ -152,86 +155,12 @@ def plan_calls(subset: str = "full") -> list[CallPlan]:
     return [plan_call(s) for s in call_specs(subset)]
 
 
-# -- synthesis ----------------------------------------------------------------------------
-
-
-def espeak_binary() -> str:
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise EspeakNotFoundError(
-            "espeak-ng is not installed: the long-call set is synthesised with it "
-            "(Debian/Ubuntu: apt-get install espeak-ng)"
-        )
-    return path
-
-
-@cache
-def tool_versions() -> str:
-    """espeak-ng's and soxr's versions: a change in either may change the audio."""
-    import soxr
-
-    out = subprocess.run([espeak_binary(), "--version"], capture_output=True, text=True, check=True).stdout
-    return f"espeak-ng {out.split(':', 1)[-1].split()[0]}; soxr {soxr.__version__}"
-
-
 def default_cache_dir() -> Path:
     env = os.environ.get("STREAMSCRIBE_CALLS_DIR")
     if env:
         return Path(env)
     key = hashlib.sha256(f"{GENERATOR_VERSION}|{tool_versions()}".encode()).hexdigest()[:12]
     return Path.home() / ".cache" / "streamscribe" / "calls" / key
-
-
-def _trim(audio: np.ndarray, threshold: float = 0.002) -> np.ndarray:
-    """Cut the silence espeak-ng and the recordings have at both ends: a turn's times are its voice."""
-    loud = np.nonzero(np.abs(audio) > threshold)[0]
-    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
-
-
-def synthesise(text: str, voice: str, wpm: int) -> np.ndarray:
-    """``text`` spoken by espeak-ng, as trimmed 16 kHz float32."""
-    from worker.asr.audio import resample
-
-    out = subprocess.run(
-        [espeak_binary(), "--stdout", "-v", voice, "-s", str(wpm)], input=text.encode(), capture_output=True
-    )
-    if out.returncode != 0 or out.stdout[:4] != b"RIFF":
-        raise RuntimeError(f"espeak-ng failed on {text!r} ({voice}): {out.stderr.decode(errors='replace')}")
-    wav = out.stdout
-    rate = int.from_bytes(wav[24:28], "little")
-    # --stdout cannot seek back to fill in the sizes, so read everything after the data tag
-    data = wav[wav.index(b"data") + 8 :]
-    pcm = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float32) / 32768.0
-    return _trim(resample(pcm, rate, RATE))
-
-
-def _level(audio: np.ndarray, dbfs: float) -> np.ndarray:
-    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if audio.size else 0.0
-    return (audio * (10 ** (dbfs / 20) / rms)).astype(np.float32) if rms > 0 else audio
-
-
-def _write_wav(path: Path, frames: np.ndarray, rate: int) -> None:
-    """s16 PCM WAV of ``(samples,)`` or ``(samples, channels)`` float audio; rounding, no dither."""
-    frames = frames.reshape(frames.shape[0], -1)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(frames.shape[1])
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(np.round(np.clip(frames, -1, 1) * 32767).astype("<i2").tobytes())
-
-
-def write_ulaw_wav(path: Path, audio16k: np.ndarray) -> None:
-    """8 kHz mono G.711 μ-law WAV (format tag 7) of 16 kHz float audio, via soxr and G.711 tables."""
-    from worker.asr.audio import resample
-    from worker.protocol.pcm import encode_pcm
-
-    data = encode_pcm(resample(audio16k, RATE, 8000), "mulaw")
-    fmt = (7).to_bytes(2, "little") + (1).to_bytes(2, "little") + (8000).to_bytes(4, "little")
-    fmt += (8000).to_bytes(4, "little") + (1).to_bytes(2, "little") + (8).to_bytes(2, "little") + bytes(2)
-    fact = b"fact" + (4).to_bytes(4, "little") + len(data).to_bytes(4, "little")
-    body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + fact
-    body += b"data" + len(data).to_bytes(4, "little") + data + (b"\0" if len(data) % 2 else b"")
-    path.write_bytes(b"RIFF" + len(body).to_bytes(4, "little") + body)
 
 
 @dataclass
@@ -264,7 +193,7 @@ def _voice_audio(plan: CallPlan, levels: tuple[float, float], pool: ThreadPoolEx
 
     def run(key: tuple[int, str]) -> np.ndarray:
         voice, wpm = voices[key[0]]
-        return _level(synthesise(key[1], voice, wpm), levels[key[0]])
+        return set_level(synthesise(key[1], voice, wpm), levels[key[0]])
 
     return dict(zip(keys, pool.map(run, keys), strict=True))
 
@@ -278,7 +207,7 @@ def _lay_out(plan: CallPlan, audio: dict, levels: tuple[float, float]) -> _Track
         start = max(prev_end + _samples(t.gap), track.last_end[t.speaker] + _samples(0.2), 0)
         if t.clip:
             path, reference, _ = _clip_table()[t.clip]
-            pieces = [(reference, _level(_trim(decode_file(path), 0.005), levels[CUSTOMER]))]
+            pieces = [(reference, set_level(trim_silence(decode_file(path), 0.005), levels[CUSTOMER]))]
         else:
             pieces = [(p, audio[(t.speaker, p)]) for p in t.pieces]
         pos, ends = start, []
@@ -312,8 +241,8 @@ def _render(plan: CallPlan, folder: Path, pool: ThreadPoolExecutor) -> None:
     peak = max(float(np.abs(stereo).max()), float(np.abs(mix).max()))
     if peak > 0.98:  # overlapping speech may add up past full scale: scale, never clip
         stereo, mix = stereo * (0.98 / peak), mix * (0.98 / peak)
-    _write_wav(folder / "mix16k.wav", mix, RATE)
-    _write_wav(folder / "stereo16k.wav", stereo.T, RATE)
+    write_wav(folder / "mix16k.wav", mix, RATE)
+    write_wav(folder / "stereo16k.wav", stereo.T, RATE)
     write_ulaw_wav(folder / "ulaw8k.wav", mix)
 
     def as_turn(speaker: int, start: int, a: np.ndarray, text: str) -> list:
@@ -362,7 +291,7 @@ def call_folder(plan: CallPlan, root: Path) -> Path:
 def build_calls(subset: str = "full", cache_dir: Path | None = None) -> list[Call]:
     """The calls of ``subset`` ("smoke", "ci" or "full"), generated into ``cache_dir`` if missing.
 
-    Raises :class:`EspeakNotFoundError` when espeak-ng is not installed.
+    Raises :class:`~benchmarks.call_audio.EspeakNotFoundError` when espeak-ng is not installed.
     """
     espeak_binary()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

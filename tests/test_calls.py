@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import calls as calls_module
-from benchmarks.calls import Call, EspeakNotFoundError, build_calls, plan_calls
+from benchmarks import call_audio
+from benchmarks.call_audio import EspeakNotFoundError
+from benchmarks.calls import Call, build_calls, plan_calls
 from worker.asr.audio import decode_file
 
 pytestmark = pytest.mark.timeout(180)
@@ -125,7 +126,7 @@ def test_the_planned_length_is_within_ten_percent_of_the_synthesised_audio(ci_ca
 
 
 def test_a_missing_espeak_ng_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(call_audio.shutil, "which", lambda name: None)
     with pytest.raises(EspeakNotFoundError, match="apt-get install espeak-ng"):
         build_calls("smoke", tmp_path)
 
