@@ -424,6 +424,23 @@ def test_three_words_the_alignment_gives_no_time_are_dropped_and_two_stay():
     assert drop_timeless([]) == []
 
 
+def test_a_word_said_again_in_next_to_no_time_is_dropped_and_a_real_repeat_stays():
+    from worker.asr.contracts import Word
+    from worker.backends.decode_guards import drop_timeless
+
+    # a back-channel decoded after a second of silence (long-12min, customer channel)
+    right = Word(48.10, 49.08, " Right.", 0.6)
+    assert drop_timeless([right, Word(49.08, 49.10, " right", 0.7)]) == [right]
+    yes = Word(114.10, 115.28, " Yes.", 0.7)
+    after = Word(115.5, 115.8, " How", 0.9)
+    assert drop_timeless([yes, Word(115.28, 115.42, " Yes.", 0.9), after]) == [yes, after]
+    # said twice, each taking its time; and a short word after another word
+    digits = [Word(22.88, 23.32, " 5", 0.9), Word(23.32, 23.76, " 5", 0.9)]
+    assert drop_timeless(digits) == digits
+    no = [Word(1.0, 1.3, " No,", 0.9), Word(1.3, 1.4, " a", 0.9)]
+    assert drop_timeless(no) == no
+
+
 def test_turn_context_moves_the_cut_back_to_the_earliest_phrase_start_within_its_seconds():
     proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
     proc.insert_audio_chunk(np.zeros(20 * 16000, dtype=np.float32))

@@ -7,8 +7,9 @@ asks these functions about each decode and decodes again or cuts:
   if it still loops;
 * a **prompt copy**: the decode repeats words of its prompt; decoded again without the prompt;
 * a **prefix echo**: a continuation says its forced prefix again; those words are dropped;
-* **timeless words**: a run of words that the alignment gives no time at all; they are dropped
-  (:func:`drop_timeless`, which the faster-whisper backend applies to every hypothesis).
+* **timeless words**: a run of words that the alignment gives no time at all, or a word said again
+  in next to no time; they are dropped (:func:`drop_timeless`, which the faster-whisper backend
+  applies to every hypothesis).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ PREFIX_ECHO_WORDS = 2
 #: second copy's words all at one instant).
 TIMELESS_SEC = 0.05
 TIMELESS_RUN = 3
+#: A word said again right after itself takes at least this long; a shorter second copy is the
+#: alignment's leftover (measured: back-channels decoded after a second of silence, on a
+#: 12-minute call's customer channel, came out "Right. Right." and "Yes. Yes.", the first copy
+#: stretched over the silence and the second 0.00-0.14 s long).
+REPEAT_MIN_SEC = 0.15
 #: Punctuation that faster-whisper merges into the next word, and into the previous one.
 PREPEND = "\"'“¿([{-"
 APPEND = "\"'.。,，!！?？:：”)]}、"
@@ -145,16 +151,18 @@ def prefix_echo(words: list[dict[str, Any]], decoded: Decoded) -> int:
 
 
 def drop_timeless(words: list[Word]) -> list[Word]:
-    """``words`` without runs of ``TIMELESS_RUN`` or more words shorter than ``TIMELESS_SEC`` each.
+    """``words`` without the text the audio does not hold, by the alignment's times.
 
     Whisper sometimes says a phrase twice, or runs on after the audio, and the word alignment
-    then piles those words onto one instant. A real word takes time, so such a run is dropped
-    before LocalAgreement can agree on it (one or two short words, as the alignment gives fast
-    speech, stay).
+    then piles those words onto one instant. A real word takes time, so a run of
+    ``TIMELESS_RUN`` or more words shorter than ``TIMELESS_SEC`` each is dropped before
+    LocalAgreement can agree on it (one or two short words, as the alignment gives fast speech,
+    stay), and so is a word shorter than ``REPEAT_MIN_SEC`` that repeats the word before it.
     """
+    said = [w for k, w in enumerate(words) if k == 0 or not _said_again(words[k - 1], w)]
     kept: list[Word] = []
     run: list[Word] = []
-    for word in words:
+    for word in said:
         if word.end - word.start < TIMELESS_SEC:
             run.append(word)
             continue
@@ -165,3 +173,10 @@ def drop_timeless(words: list[Word]) -> list[Word]:
     if len(run) < TIMELESS_RUN:
         kept.extend(run)
     return kept
+
+
+def _said_again(before: Word, word: Word) -> bool:
+    """``word`` repeats ``before`` (but for case and punctuation) in less than ``REPEAT_MIN_SEC``."""
+    if word.end - word.start >= REPEAT_MIN_SEC:
+        return False
+    return before.text.strip(" " + PREPEND + APPEND).lower() == word.text.strip(" " + PREPEND + APPEND).lower()
