@@ -67,7 +67,7 @@ def set_level(audio: np.ndarray, dbfs: float) -> np.ndarray:
     return (audio * (10 ** (dbfs / 20) / rms)).astype(np.float32) if rms > 0 else audio
 
 
-def write_wav(path: Path, frames: np.ndarray, rate: int) -> None:
+def write_wav(path: Path, frames: np.ndarray, rate: int) -> Path:
     """s16 PCM WAV of ``(samples,)`` or ``(samples, channels)`` float audio; rounding, no dither."""
     frames = frames.reshape(frames.shape[0], -1)
     with wave.open(str(path), "wb") as f:
@@ -75,6 +75,7 @@ def write_wav(path: Path, frames: np.ndarray, rate: int) -> None:
         f.setsampwidth(2)
         f.setframerate(rate)
         f.writeframes(np.round(np.clip(frames, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 def write_ulaw_wav(path: Path, audio16k: np.ndarray) -> None:

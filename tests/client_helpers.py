@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.request
-import wave
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import redis
@@ -92,17 +90,6 @@ def stereo(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def synthetic_stereo(words0: list[str], words1: list[str], rate: int) -> np.ndarray:
     return stereo(encode_words(words0, rate), encode_words(words1, rate))
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """16-bit PCM WAV of ``(frames,)`` or ``(frames, channels)`` float audio."""
-    frames = audio.reshape(audio.shape[0], -1)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(frames.shape[1])
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes((np.clip(frames, -1, 1) * 32767).round().astype("<i2").tobytes())
-    return path
 
 
 def recording(prefix: str) -> Recording:

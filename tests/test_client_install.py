@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.client_helpers import raw_client, write_wav
+from benchmarks.call_audio import write_wav
+from tests.client_helpers import raw_client
 from worker.protocol.audiofile import _fft_resample, read_wav
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import AudioChunk, EndOfSession, SessionOpen, decode_input

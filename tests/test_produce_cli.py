@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.call_audio import write_wav
 from tests.client_helpers import (
     WorkerThread,
     channel_words,
@@ -23,7 +24,6 @@ from tests.client_helpers import (
     run_worker,
     synthetic_settings,
     synthetic_stereo,
-    write_wav,
 )
 from worker.backends.synthetic import encode_words, random_words
 from worker.cli.main import main

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.client_helpers import write_wav
+from benchmarks.call_audio import write_wav
 from tests.servers import RedisServerProcess, free_port, redis7_binary
 from tests.worker_helpers import WorkerFleet, oracle
 from worker.backends.synthetic import encode_words, random_words
