@@ -47,7 +47,7 @@ def trim_silence(audio: np.ndarray, threshold: float = 0.002) -> np.ndarray:
 
 def synthesise(text: str, voice: str, wpm: int) -> np.ndarray:
     """``text`` spoken by espeak-ng, as trimmed 16 kHz float32."""
-    from worker.asr.audio import resample
+    from worker.protocol.audiofile import resample  # soxr HQ: the generated calls' bytes depend on it
 
     out = subprocess.run(
         [espeak_binary(), "--stdout", "-v", voice, "-s", str(wpm)], input=text.encode(), capture_output=True
@@ -80,7 +80,7 @@ def write_wav(path: Path, frames: np.ndarray, rate: int) -> Path:
 
 def write_ulaw_wav(path: Path, audio16k: np.ndarray) -> None:
     """8 kHz mono G.711 μ-law WAV (format tag 7) of 16 kHz float audio, via soxr and G.711 tables."""
-    from worker.asr.audio import resample
+    from worker.protocol.audiofile import resample  # soxr HQ: the generated calls' bytes depend on it
     from worker.protocol.pcm import encode_pcm
 
     data = encode_pcm(resample(audio16k, RATE, 8000), "mulaw")

@@ -34,6 +34,7 @@ from tests.client_helpers import (
 )
 from worker.asr.audio import decode_file, resample
 from worker.backends.synthetic import encode_words, expected_words, random_words
+from worker.protocol import audiofile
 from worker.protocol.events import SegmentEvent, SessionEnded, SessionStarted
 from worker.protocol.keys import Keyspace
 from worker.protocol.messages import SessionOpen
@@ -279,7 +280,7 @@ def test_a_real_telephone_recording_through_the_gateway_reads_as_offline_does_wi
     3 of them wrong here), while a gateway that garbles audio (a wrong rate or codec) is far past it.
     """
     clip = recording("17_")
-    audio = resample(decode_file(clip.path), 16000, 8000)
+    audio = audiofile.resample(decode_file(clip.path), 16000, 8000)
     frames = mulaw_frames(audio)
     heard = resample(decode_pcm(b"".join(frames), "mulaw", 1)[:, 0], 8000, 16000)
     baseline = corpus_wer([clip.reference], [offline_transcribe(heard, device="cpu").text])

@@ -28,6 +28,7 @@ from tests.client_helpers import output_events, run_worker, whisper_settings
 from tests.test_audiohook import KEY, OFFERS, Client, headers, open_call
 from tests.test_gateway import media, mulaw_frames, replay, start
 from worker.asr.audio import decode_file, resample
+from worker.protocol import audiofile
 from worker.protocol.events import SegmentEvent
 from worker.protocol.pcm import decode_pcm, encode_pcm
 
@@ -65,7 +66,7 @@ async def feed_all(url: str, stereo16k: np.ndarray, mix8k: np.ndarray) -> None:
     servers = [await g.serve("127.0.0.1", 0) for g in (twilio, fork, hook)]
     socket_server = await socket_gateway.serve("127.0.0.1", 0)
     ports = [s.sockets[0].getsockname()[1] for s in [*servers, socket_server]]
-    stereo8k = resample(stereo16k, 16000, 8000)
+    stereo8k = audiofile.resample(stereo16k, 16000, 8000)
 
     async def via_twilio() -> None:
         tracks = [mulaw_frames(stereo8k[:, c]) for c in (0, 1)]
@@ -113,12 +114,12 @@ async def feed_all(url: str, stereo16k: np.ndarray, mix8k: np.ndarray) -> None:
 def test_a_recorded_call_through_each_gateway_stays_near_offline_on_the_same_audio(valkey_url, tmp_path):
     call = build_calls("ci", tmp_path)[0]
     stereo16k = decode_file(call.stereo16k, 16000, split_channels=True).T.copy()
-    mix8k = resample(decode_file(call.mix16k, 16000), 16000, 8000)
+    mix8k = audiofile.resample(decode_file(call.mix16k, 16000), 16000, 8000)
     asyncio.run(feed_all(valkey_url, stereo16k, mix8k))
     run_worker(whisper_settings(valkey_url), max_seconds=600)
 
     refs = call.channel_references
-    stereo8k = resample(stereo16k, 16000, 8000)
+    stereo8k = audiofile.resample(stereo16k, 16000, 8000)
     mulaw16k = [resample(through_mulaw(stereo8k[:, c]), 8000, 16000) for c in (0, 1)]
     expected = {
         "real-twilio": [(refs[c], mulaw16k[c]) for c in (0, 1)],

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from benchmarks.calls import build_calls
-from worker.asr.audio import decode_file, resample
+from worker.asr.audio import decode_file
+from worker.protocol.audiofile import resample  # soxr both ways: this audio is picked for its fallback
 from worker.protocol.pcm import decode_pcm, encode_pcm
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

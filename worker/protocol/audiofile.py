@@ -4,8 +4,9 @@ The client install has numpy only, so this module imports its optional decoders 
 
 * :func:`decode_file` reads any format PyAV reads when PyAV is installed (the worker, and the
   ``files`` extra); without it, WAV files (integer PCM) are read with the standard library;
-* :func:`resample` uses soxr's high-quality filter when soxr is installed (the worker's path, so its
-  outputs never depend on what else is installed); without it, a band-limited FFT resampler.
+* :func:`resample` uses soxr's high-quality filter when soxr is installed (the worker has it, so its
+  outputs never depend on what else is installed); without it, a band-limited FFT resampler. A
+  decode's audio is resampled as faster-whisper resamples a file instead (:mod:`worker.asr.audio`).
 """
 
 from __future__ import annotations

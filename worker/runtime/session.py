@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from worker.asr.audio import resample
 from worker.asr.config import ASRConfig
 from worker.asr.contracts import (
     ASRProcessor,
@@ -36,6 +35,7 @@ from worker.asr.contracts import (
     StreamingProcessor,
     TranscribeRequest,
 )
+from worker.protocol.audiofile import resample
 from worker.protocol.connection import text
 from worker.protocol.events import PartialEvent, SessionEnded
 from worker.protocol.messages import DeadLetter, Message, SessionOpen
@@ -301,6 +301,7 @@ class LiveSession(SessionRecords):
     def channel_audio(self, audio: np.ndarray, channel: int) -> np.ndarray:
         mono = np.ascontiguousarray(audio[:, channel])
         if self.processor_rate != self.opened.sample_rate:
+            # soxr, chunk by chunk: each call must give exactly its share of samples
             return resample(mono, self.opened.sample_rate, self.processor_rate)
         return mono
 
