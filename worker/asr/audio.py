@@ -37,12 +37,11 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int = WHISPER_SAMPLE_RA
         np.ascontiguousarray(audio, dtype=np.float32).reshape(1, -1), format="flt", layout="mono"
     )
     frame.sample_rate = from_rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=to_rate)
-    pieces = [out.to_ndarray().reshape(-1) for out in (*resampler.resample(frame), *resampler.resample(None))]
+    pieces = audiofile.resampled_frames(av.AudioResampler(format="flt", layout="mono", rate=to_rate), [frame])
     expected = audio.shape[0] * to_rate / from_rate
     if not pieces or abs(sum(p.shape[0] for p in pieces) - expected) > 1:
         return audiofile.resample(audio, from_rate, to_rate)
-    return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(pieces)[:, 0], dtype=np.float32)
 
 
 def decode_file(

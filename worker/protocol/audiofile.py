@@ -11,8 +11,11 @@ The client install has numpy only, so this module imports its optional decoders 
 
 from __future__ import annotations
 
+import itertools
 import wave
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +94,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(samples.reshape(-1, channels).T), rate
 
 
+def resampled_frames(resampler: Any, frames: Iterable[Any]) -> list[np.ndarray]:
+    """PyAV ``frames`` through ``resampler`` and then its flush, as ``(samples, channels)`` arrays."""
+    pieces: list[np.ndarray] = []
+    for frame in itertools.chain(frames, [None]):
+        for out in resampler.resample(frame):
+            pieces.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+    return pieces
+
+
 def _decode_with_pyav(path: Path, sample_rate: int, split_channels: bool) -> np.ndarray:
     import av
 
@@ -102,12 +114,7 @@ def _decode_with_pyav(path: Path, sample_rate: int, split_channels: bool) -> np.
             channels = stream.codec_context.channels or 1
             layout = "mono" if not split_channels or channels == 1 else stream.codec_context.layout.name
             resampler = av.AudioResampler(format="flt", layout=layout, rate=sample_rate)
-            pieces: list[np.ndarray] = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+            pieces = resampled_frames(resampler, container.decode(stream))
     except AudioDecodeError:
         raise
     except Exception as e:  # PyAV raises many types (InvalidDataError, ValueError, ...)
