@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.live_load_session import Session, Source, load_sources, run_sessions, summarise
-from benchmarks.live_load_worker import BACKLOG, CpuMeter, GpuSampler, WorkerProcess, metrics_delta
+from benchmarks.live_load_worker import BACKLOG, ECONOMY, CpuMeter, GpuSampler, WorkerProcess, metrics_delta
 from benchmarks.simulate_rtf import machine
 from producer.client import Producer
 from producer.consumer import TranscriptConsumer
@@ -196,7 +196,7 @@ def _measured(
     try:
         run_sessions(producer, consumer, sessions, options.chunk_ms, partials, options.drain_timeout)
     finally:
-        peaks = poller.stop()
+        peak, economy = poller.stop()
         gpu_stats = gpu.stop()
     wall = time.time() - started
     after, cpu1 = worker.scrape(), cpu.seconds()
@@ -205,7 +205,8 @@ def _measured(
         sessions=len(sessions),
         wall_sec=wall,
         worker=metrics_delta(before, after, wall),
-        backlog_max_sec=peaks,
+        backlog_max_sec=peak,
+        economy_share=economy,
         cpu={"cores": _cpu_cores(cpu0, cpu1, wall), "machine_cores": _machine_cores()},
         gpu=gpu_stats,
         chunk_ms=options.chunk_ms,
@@ -215,11 +216,12 @@ def _measured(
 
 
 class _Poller:
-    """Scrapes the worker's backlog gauge once a second; keeps the peak."""
+    """Scrapes the worker's gauges once a second: the backlog's peak, and how often it was in economy."""
 
     def __init__(self, worker: WorkerProcess) -> None:
         self.worker = worker
         self.peak: float | None = None
+        self.economy: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-poller", daemon=True)
         self._thread.start()
@@ -227,14 +229,17 @@ class _Poller:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             with contextlib.suppress(Exception):
-                value = self.worker.scrape(timeout=2.0).get(BACKLOG)
-                if value is not None:
+                scrape = self.worker.scrape(timeout=2.0)
+                if (value := scrape.get(BACKLOG)) is not None:
                     self.peak = max(self.peak or 0.0, value)
+                if (state := scrape.get(ECONOMY)) is not None:
+                    self.economy.append(state)
 
-    def stop(self) -> float | None:
+    def stop(self) -> tuple[float | None, float | None]:
+        """The backlog's peak and the share of scrapes in economy (``None``: never read)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        return self.peak
+        return self.peak, (sum(self.economy) / len(self.economy) if self.economy else None)
 
 
 def _cpu_cores(cpu0: float | None, cpu1: float | None, wall: float) -> float | None:
@@ -275,6 +280,7 @@ def _print_result(r: dict[str, Any]) -> None:
     print(
         f"  worker: RTF {_fmt(w['rtf'], '.3f')}  busy {_fmt(w['busy'], '.0%')}  mean batch {_fmt(w['mean_batch'])}"
         f" ({int(w['batches'])} batches)  backlog max {_fmt(r['backlog_max_sec'], '.1f', ' s')}"
+        f"  economy {_fmt(r['economy_share'], '.0%')} of the time"
         f"  CPU {_fmt(cores)} cores ({_fmt(share, '.0f', '%')} of {cpu['machine_cores']})"
     )
     gpu_text = "n/a" if gpu is None else f"{gpu['util_mean']:.0f}% mean, {gpu['util_max']:.0f}% max"

@@ -38,6 +38,7 @@ LATENCY_SUM = "streamscribe_end_to_end_latency_seconds_sum"
 LATENCY_COUNT = "streamscribe_end_to_end_latency_seconds_count"
 BACKLOG = "streamscribe_backlog_audio_seconds"
 ACTIVE = "streamscribe_sessions_active"
+ECONOMY = "streamscribe_economy"
 
 
 def streamscribe_command() -> list[str]:

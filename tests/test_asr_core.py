@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import ASRBase, ASRProcessor, Committed, ModelLoader, Word
+from worker.asr.contracts import ASRBase, ASRProcessor, Committed, EconomicalProcessor, ModelLoader, Word
 from worker.asr.hypothesis import HypothesisBuffer
 from worker.asr.online import MAX_BUFFER_SEC, PROMPT_CHARS, OnlineASRProcessor
 from worker.backends import registry
@@ -469,10 +469,30 @@ def test_turn_context_moves_the_cut_back_to_the_earliest_phrase_start_within_its
     assert proc._with_turn_context(18.0) == 18.0
     # the configuration reaches the processor
     assert OnlineASRProcessor.from_config(SyntheticASR(), ASRConfig(turn_context_sec=2.5)).turn_context_sec == 2.5
-    assert ASRConfig().turn_context_sec == 0.0
+    assert ASRConfig().turn_context_sec == 4.0
 
 
-def test_turn_context_is_off_by_default_and_set_from_the_worker_flag_or_the_environment(monkeypatch):
+def test_economy_drops_the_kept_context_at_once_and_cuts_later_turns_in_the_pause():
+    proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
+    assert isinstance(proc, EconomicalProcessor)
+    proc.insert_audio_chunk(np.zeros(20 * 16000, dtype=np.float32))
+    words = [Word(14.4, 14.8, " Hi", 0.9), Word(14.9, 15.3, " Anna.", 0.9), Word(15.4, 15.8, " How", 0.9)]
+    proc.transcript_buffer.committed_in_buffer = list(words)
+    proc._trim_to(proc._with_turn_context(16.5))  # an utterance end: the cut keeps the context
+    assert proc.buffer_start == round(14.3 * 16000)
+    proc.set_economy(True)  # the worker is loaded: the context goes before the next decode
+    assert proc.buffer_start == round(16.5 * 16000)
+    assert proc.transcript_buffer.committed_in_buffer == []
+    assert " ".join(proc.prompt_words).split()[-3:] == ["Hi", "Anna.", "How"]  # still the prompt
+    proc.transcript_buffer.committed_in_buffer = [Word(17.0, 17.4, " Fine.", 0.9)]
+    assert proc._with_turn_context(18.0) == 18.0  # in economy a cut keeps no context
+    proc.set_economy(False)
+    assert proc._with_turn_context(18.0) == pytest.approx(16.9)
+    proc.set_economy(False)  # no change: nothing moves
+    assert proc.buffer_start == round(16.5 * 16000)
+
+
+def test_turn_context_is_four_seconds_by_default_and_set_from_the_worker_flag_or_the_environment(monkeypatch):
     import argparse
 
     from worker.cli.worker import add_parser, settings_from_args
@@ -480,9 +500,9 @@ def test_turn_context_is_off_by_default_and_set_from_the_worker_flag_or_the_envi
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    assert settings_from_args(parser.parse_args(["worker"])).asr.turn_context_sec == 0.0
-    flagged = settings_from_args(parser.parse_args(["worker", "--turn-context-sec", "4"]))
-    assert flagged.asr.turn_context_sec == 4.0
+    assert settings_from_args(parser.parse_args(["worker"])).asr.turn_context_sec == 4.0
+    flagged = settings_from_args(parser.parse_args(["worker", "--turn-context-sec", "0"]))
+    assert flagged.asr.turn_context_sec == 0.0
     monkeypatch.setenv("STREAMSCRIBE_ASR__TURN_CONTEXT_SEC", "3")
     assert WorkerSettings().asr.turn_context_sec == 3.0
     with pytest.raises(ConfigError, match="turn_context_sec"):

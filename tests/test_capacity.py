@@ -1,7 +1,8 @@
-"""Capacity from measured cost: a worker that cannot keep up stops claiming new sessions."""
+"""Capacity from measured cost: a worker that cannot keep up stops claiming new sessions, and drops the turn context."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from tests.client_helpers import WorkerThread, output_events
 from tests.worker_helpers import RealtimeProducer, client_for, state, synthetic_settings, wait_for
 from worker.backends.synthetic import SyntheticASR, encode_words, random_words
-from worker.runtime.capacity import CapacityMeter
+from worker.runtime.capacity import ECONOMY_WINDOW_SEC, CapacityMeter, Economy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,6 +22,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def slow_backend(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every synthetic decode takes 0.3 s while the returned event is set (it starts set)."""
+    original = SyntheticASR.transcribe_batch
+    slow = threading.Event()
+    slow.set()
+
+    def transcribe_batch(self, items):
+        if slow.is_set():
+            time.sleep(0.3)  # 0.3 s per 0.5 s chunk: 60 % of the wall clock for one session
+        return original(self, items)
+
+    monkeypatch.setattr(SyntheticASR, "transcribe_batch", transcribe_batch)
+    return slow
 
 
 def test_a_fresh_meter_offers_the_ceiling_and_a_busy_one_offers_nothing():
@@ -43,14 +59,95 @@ def test_a_fresh_meter_offers_the_ceiling_and_a_busy_one_offers_nothing():
     assert meter.spare(8, 8, 0.0) == 0
 
 
+def test_economy_switches_on_past_either_threshold_and_off_only_well_below_both():
+    economy = Economy(0.6, 1.0)
+    assert economy.update(0.55, 0.9) is False
+    assert economy.update(0.65, 0.0) is True  # busy
+    assert economy.update(0.5, 0.0) is True  # under the threshold, not yet well under it
+    assert economy.update(0.44, 0.0) is False  # under three quarters of it
+    assert economy.update(0.1, 1.2) is True  # one session waits too long, however idle on average
+    assert economy.update(0.1, 0.8) is True
+    assert economy.update(0.1, 0.7) is False
+
+
+def test_the_recent_utilisation_follows_a_change_of_load_sooner_than_the_capacity_average():
+    clock = Clock()
+    meter = CapacityMeter(0.8, 3.0, window_sec=30.0, clock=clock)
+    for _ in range(int(ECONOMY_WINDOW_SEC)):  # one window of a backend busy 70 % of the time
+        clock.now += 1.0
+        meter.busy(0.7)
+        meter.update()
+    assert meter.recent_utilisation == pytest.approx(0.7 * (1 - 1 / 2.718281828), abs=0.01)
+    assert meter.utilisation < 0.25 < 0.4 < meter.recent_utilisation
+
+
+def test_a_session_that_joins_raises_the_projected_utilisation_before_it_costs_anything():
+    clock = Clock()
+    meter = CapacityMeter(0.8, 3.0, clock=clock)
+    assert meter.projected_utilisation(2) == 0.0  # nothing measured
+    for _ in range(60):  # one session costing 45 % of the wall clock
+        clock.now += 1.0
+        meter.busy(0.45)
+        meter.update(active=1)
+    assert meter.projected_utilisation(1) == pytest.approx(0.45, abs=0.01)
+    assert meter.projected_utilisation(2) == pytest.approx(0.9, abs=0.02)
+    economy = Economy(0.6, 1.0)
+    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(1)), 0.0) is False
+    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(2)), 0.0) is True
+
+
+def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_load_falls(redis_url, monkeypatch):
+    slow = slow_backend(monkeypatch)
+    settings = synthetic_settings(
+        redis_url,
+        asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
+        economy_utilisation=0.4,
+    )
+    words = random_words(100, seed=23)  # 40 s of audio, sent in real time
+    call = RealtimeProducer(redis_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
+
+    def processors_in_economy() -> list[bool]:
+        session = worker.worker.sessions.get("call")
+        return [p.economy for p in session.processors] if session else []
+
+    with WorkerThread(settings, max_seconds=100) as worker:
+        call.start()
+        wait_for(lambda: worker.worker.economy.on, 30, "the worker to switch economy on")
+        wait_for(lambda: processors_in_economy() == [True], 5, "the session's processor to hear it")
+        slow.clear()  # the backend is fast again: the recent load decays under 0.3
+        wait_for(lambda: processors_in_economy() == [False], 25, "economy to end while the call goes on")
+        assert worker.worker.capacity.recent_utilisation < 0.3
+        call.finish()
+        assert worker.join(60)
+    events = output_events(redis_url, "call")
+    assert events[-1].TYPE == "session_ended" and events[-1].reason == "completed"
+    committed = " ".join(e.text for e in events if e.TYPE == "segment").split()
+    assert committed == words  # economy changes what a decode hears, never what is kept
+
+
+def test_a_worker_with_economy_off_keeps_the_turn_context_however_loaded(redis_url, monkeypatch):
+    slow_backend(monkeypatch)
+    settings = synthetic_settings(
+        redis_url,
+        asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
+        economy=False,
+        economy_utilisation=0.4,
+    )
+    call = RealtimeProducer(
+        redis_url, "call", encode_words(random_words(100, seed=24)), chunk_frames=8000, interval_sec=0.5
+    )
+    with WorkerThread(settings, max_seconds=100) as worker:
+        call.start()
+        # past economy_utilisation (0.4) and well past three quarters of it
+        wait_for(lambda: worker.worker.capacity.recent_utilisation > 0.45, 30, "the worker to be loaded")
+        session = wait_for(lambda: worker.worker.sessions.get("call"), 5, "the session")
+        assert [p.economy for p in session.processors] == [False]
+        call.finish()
+        assert worker.join(60)
+
+
 def test_a_worker_at_capacity_leaves_new_sessions_waiting_until_it_has_room(redis_url, monkeypatch):
-    original = SyntheticASR.transcribe_batch
-
-    def slow(self, items):
-        time.sleep(0.3)  # 0.3 s per 0.5 s chunk: 60 % of the wall clock for one session
-        return original(self, items)
-
-    monkeypatch.setattr(SyntheticASR, "transcribe_batch", slow)
+    slow_backend(monkeypatch)
     settings = synthetic_settings(
         redis_url,
         asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -38,6 +39,23 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
 
 
+@dataclass(frozen=True)
+class WorkerLoad:
+    """One report of the worker's load, after each loop iteration."""
+
+    #: sessions owned, and ``max_sessions``
+    active: int
+    capacity: int
+    #: audio received and not processed, summed over the owned sessions
+    backlog_sec: float
+    #: inference seconds per wall-clock second (the capacity window's average)
+    utilisation: float = 0.0
+    #: new sessions the worker would take now
+    spare: int = 0
+    #: the sessions drop the turn context for load
+    economy: bool = False
+
+
 class WorkerObserver:
     """Hooks the worker calls; every one is a no-op here."""
 
@@ -49,9 +67,7 @@ class WorkerObserver:
     def takeover(self) -> None: ...
     def rejected(self, reason: str) -> None: ...
     def session_ended(self, reason: str) -> None: ...
-    def load(
-        self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0
-    ) -> None: ...
+    def load(self, load: WorkerLoad) -> None: ...
     def waiting(self, sessions: int) -> None: ...
     def reannounced(self, sessions: int) -> None: ...
     def transient_failure(self) -> None: ...
@@ -125,6 +141,11 @@ class PrometheusObserver(WorkerObserver):
             "New sessions this worker would take now, from its measured cost (0: at capacity or behind)",
             registry=r,
         )
+        self.economy = Gauge(
+            "streamscribe_economy",
+            "1 while the worker's sessions drop the turn context for load (economy_utilisation, economy_backlog_sec)",
+            registry=r,
+        )
         self.backlog_audio_seconds = Gauge(
             "streamscribe_backlog_audio_seconds", "Audio received but not yet processed (owned sessions)", registry=r
         )
@@ -181,12 +202,13 @@ class PrometheusObserver(WorkerObserver):
     def session_ended(self, reason: str) -> None:
         self.sessions_ended_total.labels(reason=reason).inc()
 
-    def load(self, active: int, capacity: int, backlog_sec: float, utilisation: float = 0.0, spare: int = 0) -> None:
-        self.sessions_active.set(active)
-        self.sessions_capacity.set(capacity)
-        self.backlog_audio_seconds.set(backlog_sec)
-        self.utilisation.set(utilisation)
-        self.capacity_available_sessions.set(spare)
+    def load(self, load: WorkerLoad) -> None:
+        self.sessions_active.set(load.active)
+        self.sessions_capacity.set(load.capacity)
+        self.backlog_audio_seconds.set(load.backlog_sec)
+        self.utilisation.set(load.utilisation)
+        self.capacity_available_sessions.set(load.spare)
+        self.economy.set(int(load.economy))
 
     def waiting(self, sessions: int) -> None:
         self.sessions_waiting.set(sessions)

@@ -51,6 +51,21 @@ class WorkerSettings(BaseSettings):
         3.0, gt=0, description="Take no new session while the owned sessions hold more unprocessed audio than this"
     )
     capacity_window_sec: float = Field(30.0, gt=0, description="Averaging window of the measured utilisation")
+    economy: bool = Field(
+        True,
+        description="Sessions drop the turn context while the worker is loaded (see economy_utilisation);"
+        " false: never, so that with catch_up_step_sec 0 a replay after a takeover is identical",
+    )
+    economy_utilisation: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Over this utilisation (10 s average) sessions drop the turn context until it is under"
+        " three quarters of it; 1: only the backlog switches it",
+    )
+    economy_backlog_sec: float = Field(
+        1.0, gt=0, description="Sessions drop the turn context while one of them has more unprocessed audio than this"
+    )
     max_batch: int = Field(
         64, ge=1, le=4096, description="Transcribe requests per backend call; 1 is the sequential path"
     )

@@ -241,6 +241,21 @@ class DeferrableProcessor(Protocol):
 
 
 @runtime_checkable
+class EconomicalProcessor(Protocol):
+    """A processor with a cost it may drop while its worker is short of compute.
+
+    A worker whose recent utilisation or backlog passes its economy threshold switches economy on
+    for every session, and off again once the load has fallen well below it (``worker.runtime.capacity``),
+    so a loaded worker keeps up with plainer decodes instead of falling behind with better ones.
+    What was committed stays committed; only later decodes change. Like merged catch-up steps,
+    this makes a replay after a takeover depend on the load it meets.
+    """
+
+    def set_economy(self, on: bool) -> None:
+        """Drop (``True``) or restore (``False``) the optional cost from the next processing point on."""
+
+
+@runtime_checkable
 class InterimProcessor(Protocol):
     """A processor that can show its unconfirmed hypothesis (for ``partial`` events)."""
 

@@ -39,9 +39,12 @@ whisper_streaming's voice activity controller does it:
   ``commit_policy="utterance"`` nothing commits inside a stretch: its chunk decodes only feed
   partials, and the stretch is committed once, at its end, from one decode in Whisper's full
   window.
-* with ``turn_context_sec`` (off by default), the cut at an utterance end keeps that much of the
-  committed speech before it, from a sentence start: the next turn is decoded with the turns
-  before it in the window (their words are re-read and dropped by time, as committed words are);
+* with ``turn_context_sec`` (4 s in the default ``ASRConfig``), the cut at an utterance end keeps
+  that much of the committed speech before it, from a sentence start: the next turn is decoded
+  with the turns before it in the window (their words are re-read and dropped by time, as
+  committed words are).
+  It is the one cost a worker short of compute may drop (:meth:`set_economy`): the buffer is then
+  cut in the pause, as it was before the context existed;
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost;
 * a closing decode (utterance end or :meth:`finish`) whose words stop ``EARLY_STOP_SEC`` before
@@ -121,6 +124,8 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         self.commit_deadline_sec = commit_deadline_sec
         self.committed_prefix = committed_prefix
         self.turn_context_sec = float(turn_context_sec)
+        #: Set by a worker short of compute (``EconomicalProcessor``); not part of the snapshot.
+        self.economy = False
         self.init()
 
     @classmethod
@@ -153,6 +158,8 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         self._pending: TranscribeRequest | None = None
         self._pending_final = False
         self._pending_phrase = False
+        #: Where the last cut at an utterance end fell before the turn context moved it back.
+        self._plain_cut = start / self.sample_rate
         self.voice = VoiceTracker(self.sample_rate, VAC_SILENCE_SEC)
         self.voice.state.next_window = -(-start * 16000 // self.sample_rate // 512)
 
@@ -222,6 +229,17 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         if self.due_point() != "chunk" or self.unprocessed_sec >= step_sec:
             return False
         return self.audio_buffer.shape[0] / self.sample_rate + step_sec - self.unprocessed_sec < self.max_buffer_sec
+
+    def set_economy(self, on: bool) -> None:
+        """While on, cuts at utterance ends keep no turn context: shorter buffers, cheaper decodes.
+
+        Called between iterations. When it comes on, the context kept at the last cut leaves the
+        buffer at once (it is committed speech, and silence) rather than at the next utterance
+        end, which may be a long turn away.
+        """
+        if on and not self.economy:
+            self._trim_to(self._plain_cut)
+        self.economy = on
 
     def partial(self) -> Committed:
         """The unconfirmed hypothesis after the last iteration (words not committed yet)."""

@@ -227,9 +227,12 @@ class UtteranceBuffering:
         decode that starts mid-phrase tends to stop early), the earliest such word that starts
         within ``turn_context_sec`` of ``cut``; failing one, at the earliest word within it. In a
         long silence ``cut`` moves on, so the context ages out. Derived only from the committed
-        words the snapshot holds, so a restored processor cuts at the same places.
+        words the snapshot holds, so a restored processor cuts at the same places, unless the
+        worker's load switched economy (no context) on or off in between, as merged catch-up
+        steps depend on the load too.
         """
-        if self.turn_context_sec <= 0:
+        self._plain_cut = cut
+        if self.turn_context_sec <= 0 or self.economy:
             return cut
         words = [w for w in self.transcript_buffer.committed_in_buffer if w.end <= cut]
         inside = [k for k, w in enumerate(words) if w.start >= cut - self.turn_context_sec]

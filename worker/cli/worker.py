@@ -97,8 +97,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument(
         "--turn-context-sec",
         type=float,
-        help="keep this much of the turns before an utterance in the buffer as context (default 0;"
-        " 4 measured -1.9 WER points on 6 long calls at RTF 0.48, not yet on the whole set)",
+        help="keep this much of the turns before an utterance in the buffer as context (default 4; a loaded"
+        " worker drops it, see STREAMSCRIBE_ECONOMY_UTILISATION; 0: cut in the pause)",
     )
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)

@@ -16,13 +16,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from worker.metrics import END_REASONS, LoopHeartbeat, WorkerObserver
+from worker.metrics import END_REASONS, LoopHeartbeat, WorkerLoad, WorkerObserver
 from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace
 from worker.protocol.scripts import Scripts
 from worker.runtime.acquire import SessionFactory
 from worker.runtime.batching import transcribe
-from worker.runtime.capacity import CapacityMeter
+from worker.runtime.capacity import CapacityMeter, Economy
 from worker.runtime.committer import FENCED, OK, Committer
 from worker.runtime.faults import isolated
 from worker.runtime.intake import Intake
@@ -66,6 +66,7 @@ class Worker:
         self.capacity = CapacityMeter(
             settings.capacity_headroom, settings.max_backlog_sec, window_sec=settings.capacity_window_sec
         )
+        self.economy = Economy(settings.economy_utilisation, settings.economy_backlog_sec)
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.models = ModelControl(self.client, self.keys, settings)
         self.models.on_drain = self.drain
@@ -341,10 +342,17 @@ class Worker:
             )
 
     def _report_load(self) -> None:
-        backlog = sum(s.backlog_sec() for s in self.sessions.values())
-        utilisation = self.capacity.update()
-        spare = 0 if self.draining else self.capacity.spare(len(self.sessions), self.settings.max_sessions, backlog)
-        self.observer.load(len(self.sessions), self.settings.max_sessions, backlog, utilisation, spare)
+        backlogs = [s.backlog_sec() for s in self.sessions.values()]
+        backlog = sum(backlogs)
+        active = len(self.sessions)
+        utilisation = self.capacity.update(active)
+        spare = 0 if self.draining else self.capacity.spare(active, self.settings.max_sessions, backlog)
+        # the longest wait of one session, not the sum: a GPU worker's many sessions each hold a little
+        load = max(self.capacity.recent_utilisation, self.capacity.projected_utilisation(active))
+        economy = self.settings.economy and self.economy.update(load, max(backlogs, default=0.0))
+        for s in self.sessions.values():
+            s.set_economy(economy)
+        self.observer.load(WorkerLoad(active, self.settings.max_sessions, backlog, utilisation, spare, economy))
         now = time.monotonic()
         if now >= self._next_waiting_count:
             self._next_waiting_count = now + WAITING_INTERVAL_SEC

@@ -32,6 +32,7 @@ from worker.asr.contracts import (
     ASRProcessor,
     BatchableProcessor,
     DeferrableProcessor,
+    EconomicalProcessor,
     StreamingProcessor,
     TranscribeRequest,
 )
@@ -143,6 +144,12 @@ class LiveSession(SessionRecords):
         """Audio received but not processed: queued here, plus entries still unread in Redis."""
         queued = sum(e.frames for e in self.queue)
         return (queued + self._unread_entries * self._chunk_frames) / self.opened.sample_rate
+
+    def set_economy(self, on: bool) -> None:
+        """The worker is short of compute (or no longer): its processors drop their optional costs."""
+        for p in self.processors:
+            if isinstance(p, EconomicalProcessor):
+                p.set_economy(on)
 
     def queued_bytes(self) -> int:
         """Decoded audio read ahead and not consumed yet."""
