@@ -22,6 +22,10 @@ from worker.backends.registry import load_processor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
+# The tests of one option (the commit policy, the deadline, the forced prefix) run it without the
+# turn context, whose buffers cost a third more compute: the context has a test of its own, and
+# the defaults' bounds are checked with it.
+
 
 @pytest.fixture(scope="module")
 def ci_calls(tmp_path_factory):
@@ -80,7 +84,7 @@ def test_the_mu_law_call_streams_at_8_khz_without_loops(ci_calls, tmp_path):
 
 def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_calls, tmp_path):
     call = ci_calls[3]
-    config = ASRConfig(commit_policy="utterance", beam_size=1)
+    config = ASRConfig(commit_policy="utterance", beam_size=1, turn_context_sec=0.0)
     audio = decode_file(call.mix16k, 16000)
     processor, _ = load_processor(config)
     segments, partial_seen = [], 0
@@ -106,8 +110,8 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
 def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, tmp_path):
     call = ci_calls[1]
     stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
-    waiting = evaluate(stream, ASRConfig(commit_deadline_sec=None), tmp_path)
-    bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5), tmp_path)
+    waiting = evaluate(stream, ASRConfig(commit_deadline_sec=None, turn_context_sec=0.0), tmp_path)
+    bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5, turn_context_sec=0.0), tmp_path)
     p95 = percentile(waiting.lags, 95), percentile(bounded.lags, 95)
     print(f"{call.name}: lag p95 {p95[0]:.2f} s, with a 1.5 s deadline {p95[1]:.2f} s")
     # a word waits at most the deadline plus one chunk, unless it stays a hypothesis's last word
@@ -141,10 +145,10 @@ def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_
     monkeypatch.setattr(FasterWhisperASR, "transcribe_requests", spy)
     call = ci_calls[2]
     stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
-    prefixed = evaluate(stream, ASRConfig(committed_prefix=True), tmp_path)
+    prefixed = evaluate(stream, ASRConfig(committed_prefix=True, turn_context_sec=0.0), tmp_path)
     assert sum(bool(p) for p in prefixes) >= len(prefixes) // 3  # decodes inside a turn continue it
     plain_prefixes = len(prefixes)
-    spliced = evaluate(stream, ASRConfig(), tmp_path)
+    spliced = evaluate(stream, ASRConfig(turn_context_sec=0.0), tmp_path)
     assert not any(prefixes[plain_prefixes:])  # off by default
     print(f"{call.name}: prefix {prefixed.streaming_score.wer:.4f}, spliced {spliced.streaming_score.wer:.4f}")
     # one 139-word call, so a word is 0.7 points: 18.71 % (offline 12.95 %) while agreement compared
