@@ -131,6 +131,8 @@ class LiveSession(SessionRecords):
         self.max_rejections = max_rejections
         #: behind by a step or more, chunk points merge into steps of up to this much audio (0: never)
         self.catch_up_step_sec = catch_up_step_sec
+        #: its processors drop their optional costs (the worker is loaded; see :meth:`set_economy`)
+        self.economy = False
 
     @property
     def session_id(self) -> str:
@@ -146,7 +148,13 @@ class LiveSession(SessionRecords):
         return (queued + self._unread_entries * self._chunk_frames) / self.opened.sample_rate
 
     def set_economy(self, on: bool) -> None:
-        """The worker is short of compute (or no longer): its processors drop their optional costs."""
+        """The worker is short of compute (or no longer): its processors drop their optional costs.
+
+        The loop reports its load after every iteration; only a change reaches the processors.
+        """
+        if on == self.economy:
+            return
+        self.economy = on
         for p in self.processors:
             if isinstance(p, EconomicalProcessor):
                 p.set_economy(on)
