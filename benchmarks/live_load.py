@@ -196,7 +196,7 @@ def _measured(
     try:
         run_sessions(producer, consumer, sessions, options.chunk_ms, partials, options.drain_timeout)
     finally:
-        peak, economy = poller.stop()
+        peak, economy, cheap = poller.stop()
         gpu_stats = gpu.stop()
     wall = time.time() - started
     after, cpu1 = worker.scrape(), cpu.seconds()
@@ -207,6 +207,7 @@ def _measured(
         worker=metrics_delta(before, after, wall),
         backlog_max_sec=peak,
         economy_share=economy,
+        cheap_decodes_share=cheap,
         cpu={"cores": _cpu_cores(cpu0, cpu1, wall), "machine_cores": _machine_cores()},
         gpu=gpu_stats,
         chunk_ms=options.chunk_ms,
@@ -216,7 +217,8 @@ def _measured(
 
 
 class _Poller:
-    """Scrapes the worker's gauges once a second: the backlog's peak, and how often it was in economy."""
+    """Scrapes the worker's gauges once a second: the backlog's peak, and how often it was in economy
+    (at level 1 or 2: the turn context dropped) and at level 2 (cheap decodes too)."""
 
     def __init__(self, worker: WorkerProcess) -> None:
         self.worker = worker
@@ -235,11 +237,14 @@ class _Poller:
                 if (state := scrape.get(ECONOMY)) is not None:
                     self.economy.append(state)
 
-    def stop(self) -> tuple[float | None, float | None]:
-        """The backlog's peak and the share of scrapes in economy (``None``: never read)."""
+    def stop(self) -> tuple[float | None, float | None, float | None]:
+        """The backlog's peak and the shares of scrapes in economy and at level 2 (``None``: never read)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        return self.peak, (sum(self.economy) / len(self.economy) if self.economy else None)
+        if not self.economy:
+            return self.peak, None, None
+        n = len(self.economy)
+        return self.peak, sum(level >= 1 for level in self.economy) / n, sum(level >= 2 for level in self.economy) / n
 
 
 def _cpu_cores(cpu0: float | None, cpu1: float | None, wall: float) -> float | None:
@@ -281,6 +286,7 @@ def _print_result(r: dict[str, Any]) -> None:
         f"  worker: RTF {_fmt(w['rtf'], '.3f')}  busy {_fmt(w['busy'], '.0%')}  mean batch {_fmt(w['mean_batch'])}"
         f" ({int(w['batches'])} batches)  backlog max {_fmt(r['backlog_max_sec'], '.1f', ' s')}"
         f"  economy {_fmt(r['economy_share'], '.0%')} of the time"
+        f" (cheap decodes {_fmt(r.get('cheap_decodes_share'), '.0%')})"
         f"  CPU {_fmt(cores)} cores ({_fmt(share, '.0f', '%')} of {cpu['machine_cores']})"
     )
     gpu_text = "n/a" if gpu is None else f"{gpu['util_mean']:.0f}% mean, {gpu['util_max']:.0f}% max"

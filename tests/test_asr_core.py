@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import ASRBase, ASRProcessor, Committed, EconomicalProcessor, ModelLoader, Word
+from worker.asr.contracts import ASRBase, ASRProcessor, Committed, EconomicalProcessor, EconomyLevel, ModelLoader, Word
 from worker.asr.hypothesis import HypothesisBuffer
 from worker.asr.online import MAX_BUFFER_SEC, PROMPT_CHARS, OnlineASRProcessor
 from worker.backends import registry
@@ -480,16 +480,29 @@ def test_economy_drops_the_kept_context_at_once_and_cuts_later_turns_in_the_paus
     proc.transcript_buffer.committed_in_buffer = list(words)
     proc._trim_to(proc._with_turn_context(16.5))  # an utterance end: the cut keeps the context
     assert proc.buffer_start == round(14.3 * 16000)
-    proc.set_economy(True)  # the worker is loaded: the context goes before the next decode
+    proc.set_economy(EconomyLevel.NO_CONTEXT)  # the worker is loaded: the context goes before the next decode
     assert proc.buffer_start == round(16.5 * 16000)
     assert proc.transcript_buffer.committed_in_buffer == []
     assert " ".join(proc.prompt_words).split()[-3:] == ["Hi", "Anna.", "How"]  # still the prompt
     proc.transcript_buffer.committed_in_buffer = [Word(17.0, 17.4, " Fine.", 0.9)]
     assert proc._with_turn_context(18.0) == 18.0  # in economy a cut keeps no context
-    proc.set_economy(False)
+    proc.set_economy(EconomyLevel.OFF)
     assert proc._with_turn_context(18.0) == pytest.approx(16.9)
-    proc.set_economy(False)  # no change: nothing moves
+    proc.set_economy(EconomyLevel.OFF)  # no change: nothing moves
     assert proc.buffer_start == round(16.5 * 16000)
+
+
+def test_only_the_second_economy_level_marks_requests_for_a_cheaper_decode_and_it_drops_the_context_too():
+    proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
+    audio = np.zeros(16000, dtype=np.float32)
+    assert not proc._request(audio).economy
+    proc.set_economy(EconomyLevel.NO_CONTEXT)
+    assert not proc._request(audio).economy and not proc._request(audio, final=True).economy
+    proc.set_economy(EconomyLevel.CHEAP_DECODES)
+    assert proc._request(audio).economy and proc._request(audio, final=True).economy
+    assert proc._with_turn_context(18.0) == 18.0
+    proc.set_economy(EconomyLevel.OFF)
+    assert not proc._request(audio).economy
 
 
 def test_turn_context_is_four_seconds_by_default_and_set_from_the_worker_flag_or_the_environment(monkeypatch):

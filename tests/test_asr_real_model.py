@@ -208,3 +208,21 @@ def test_a_decode_that_continues_committed_text_returns_only_the_words_after_it(
     # a prefix that already holds everything said: nothing new, not the prefix said again
     everything = "".join(w.text for w in whole)
     assert asr.ts_words(asr.transcribe_requests([TranscribeRequest(audio, prefix=everything)])[0]) == []
+
+
+def test_a_request_marked_economy_is_decoded_greedily_in_a_tighter_window_and_still_heard():
+    from worker.asr.contracts import TranscribeRequest
+    from worker.backends.faster_whisper import FasterWhisperLoader
+    from worker.backends.whisper_decode import encoder_window
+
+    processor, _meta = FasterWhisperLoader().load(ASRConfig())
+    asr = processor.asr
+    audio = decode_file(speech_dir() / "01_jfk_inaugural_1961.wav")[: 6 * 16000]
+    plain, cheap = asr._request(TranscribeRequest(audio)), asr._request(TranscribeRequest(audio, economy=True))
+    closing = asr._request(TranscribeRequest(audio, final=True, economy=True))
+    assert (plain.beam_size, cheap.beam_size, closing.beam_size) == (5, 1, 5)  # a closing decode keeps its beam
+    assert encoder_window(600, plain.padding_frames) == 1500  # 6 s + 5 s of silence, in 5 s steps
+    assert encoder_window(600, cheap.padding_frames) == encoder_window(600, closing.padding_frames) == 1000
+    words = asr.ts_words(asr.transcribe_requests([TranscribeRequest(audio, economy=True)])[0])
+    text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in words).lower()).split())
+    assert text.startswith("and so my fellow americans")

@@ -1,4 +1,5 @@
-"""Capacity from measured cost: a worker that cannot keep up stops claiming new sessions, and drops the turn context."""
+"""Capacity from measured cost: a worker that cannot keep up stops claiming new sessions, drops the turn context,
+and decodes more cheaply."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.client_helpers import WorkerThread, output_events
 from tests.worker_helpers import RealtimeProducer, client_for, state, synthetic_settings, wait_for
+from worker.asr.contracts import EconomyLevel, TranscribeRequest
 from worker.backends.synthetic import SyntheticASR, encode_words, random_words
 from worker.runtime.capacity import ECONOMY_WINDOW_SEC, CapacityMeter, Economy
 
@@ -61,13 +63,27 @@ def test_a_fresh_meter_offers_the_ceiling_and_a_busy_one_offers_nothing():
 
 def test_economy_switches_on_past_either_threshold_and_off_only_well_below_both():
     economy = Economy(0.6, 1.0)
-    assert economy.update(0.55, 0.9) is False
-    assert economy.update(0.65, 0.0) is True  # busy
-    assert economy.update(0.5, 0.0) is True  # under the threshold, not yet well under it
-    assert economy.update(0.44, 0.0) is False  # under three quarters of it
-    assert economy.update(0.1, 1.2) is True  # one session waits too long, however idle on average
-    assert economy.update(0.1, 0.8) is True
-    assert economy.update(0.1, 0.7) is False
+    off, no_context = EconomyLevel.OFF, EconomyLevel.NO_CONTEXT
+    assert economy.update(0.55, 0.9) == off and not economy.on
+    assert economy.update(0.65, 0.0) == no_context and economy.on  # busy
+    assert economy.update(0.5, 0.0) == no_context  # under the threshold, not yet well under it
+    assert economy.update(0.44, 0.0) == off  # under three quarters of it
+    assert economy.update(0.1, 1.2) == no_context  # one session waits too long, however idle on average
+    assert economy.update(0.1, 0.8) == no_context
+    assert economy.update(0.1, 0.7) == off
+    assert economy.update(1.4, 5.0) == no_context  # the second level is off by default (threshold 1)
+    assert Economy(1.0, 1.0).update(1.3, 0.5) == off  # a projection past 1 is 1: threshold 1 is never
+
+
+def test_cheap_decodes_come_past_their_own_threshold_and_step_down_one_level_at_a_time():
+    economy = Economy(0.6, 1.0, 0.85)
+    assert economy.update(0.8, 3.0) == EconomyLevel.NO_CONTEXT  # a backlog alone only drops the context
+    assert economy.update(0.9, 0.0) == EconomyLevel.CHEAP_DECODES
+    assert economy.update(0.65, 0.0) == EconomyLevel.CHEAP_DECODES  # cheaper decodes cost less: stay
+    assert economy.update(0.62, 0.0) == EconomyLevel.NO_CONTEXT  # well under 0.85, still over 0.6
+    assert economy.update(0.5, 0.0) == EconomyLevel.NO_CONTEXT
+    assert economy.update(0.9, 0.0) == EconomyLevel.CHEAP_DECODES
+    assert economy.update(0.3, 0.0) == EconomyLevel.OFF  # well under both at once: straight off
 
 
 def test_the_recent_utilisation_follows_a_change_of_load_sooner_than_the_capacity_average():
@@ -92,8 +108,8 @@ def test_a_session_that_joins_raises_the_projected_utilisation_before_it_costs_a
     assert meter.projected_utilisation(1) == pytest.approx(0.45, abs=0.01)
     assert meter.projected_utilisation(2) == pytest.approx(0.9, abs=0.02)
     economy = Economy(0.6, 1.0)
-    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(1)), 0.0) is False
-    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(2)), 0.0) is True
+    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(1)), 0.0) == EconomyLevel.OFF
+    assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(2)), 0.0) == EconomyLevel.NO_CONTEXT
 
 
 def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_load_falls(redis_url, monkeypatch):
@@ -106,16 +122,16 @@ def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_
     words = random_words(100, seed=23)  # 40 s of audio, sent in real time
     call = RealtimeProducer(redis_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
 
-    def processors_in_economy() -> list[bool]:
+    def processors_in_economy() -> list[EconomyLevel]:
         session = worker.worker.sessions.get("call")
         return [p.economy for p in session.processors] if session else []
 
     with WorkerThread(settings, max_seconds=100) as worker:
         call.start()
         wait_for(lambda: worker.worker.economy.on, 30, "the worker to switch economy on")
-        wait_for(lambda: processors_in_economy() == [True], 5, "the session's processor to hear it")
+        wait_for(lambda: processors_in_economy() == [EconomyLevel.NO_CONTEXT], 5, "the session's processor to hear it")
         slow.clear()  # the backend is fast again: the recent load decays under 0.3
-        wait_for(lambda: processors_in_economy() == [False], 25, "economy to end while the call goes on")
+        wait_for(lambda: processors_in_economy() == [EconomyLevel.OFF], 25, "economy to end while the call goes on")
         assert worker.worker.capacity.recent_utilisation < 0.3
         call.finish()
         assert worker.join(60)
@@ -141,9 +157,43 @@ def test_a_worker_with_economy_off_keeps_the_turn_context_however_loaded(redis_u
         # past economy_utilisation (0.4) and well past three quarters of it
         wait_for(lambda: worker.worker.capacity.recent_utilisation > 0.45, 30, "the worker to be loaded")
         session = wait_for(lambda: worker.worker.sessions.get("call"), 5, "the session")
-        assert [p.economy for p in session.processors] == [False]
+        assert [p.economy for p in session.processors] == [EconomyLevel.OFF]
         call.finish()
         assert worker.join(60)
+
+
+def test_a_worker_far_short_of_compute_marks_its_requests_for_cheaper_decodes_and_keeps_every_word(
+    redis_url, monkeypatch
+):
+    slow_backend(monkeypatch)  # 60 % of the wall clock: past both thresholds below
+    marked: list[bool] = []
+    original = SyntheticASR.transcribe_requests
+
+    def transcribe_requests(self, requests: list[TranscribeRequest]):
+        marked.extend(r.economy for r in requests)
+        return original(self, requests)
+
+    monkeypatch.setattr(SyntheticASR, "transcribe_requests", transcribe_requests)
+    settings = synthetic_settings(
+        redis_url,
+        asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
+        economy_utilisation=0.3,
+        economy_decode_utilisation=0.45,
+    )
+    words = random_words(60, seed=25)
+    call = RealtimeProducer(redis_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
+    with WorkerThread(settings, max_seconds=100) as worker:
+        call.start()
+        wait_for(lambda: worker.worker.economy.level == EconomyLevel.CHEAP_DECODES, 30, "the worker to decode cheaply")
+        session = wait_for(lambda: worker.worker.sessions.get("call"), 5, "the session")
+        wait_for(lambda: [p.economy for p in session.processors] == [EconomyLevel.CHEAP_DECODES], 5, "the processor")
+        wait_for(lambda: marked and marked[-1], 10, "a request marked economy")
+        call.finish()
+        assert worker.join(60)
+    assert not marked[0]  # the first decodes, before any load was measured, were plain
+    events = output_events(redis_url, "call")
+    assert events[-1].TYPE == "session_ended" and events[-1].reason == "completed"
+    assert " ".join(e.text for e in events if e.TYPE == "segment").split() == words
 
 
 def test_a_worker_at_capacity_leaves_new_sessions_waiting_until_it_has_room(redis_url, monkeypatch):

@@ -52,8 +52,9 @@ class WorkerLoad:
     utilisation: float = 0.0
     #: new sessions the worker would take now
     spare: int = 0
-    #: the sessions drop the turn context for load
-    economy: bool = False
+    #: what the sessions drop for load (``EconomyLevel``): 0 nothing, 1 the turn context, 2 also
+    #: the beam and wide windows of their decodes
+    economy: int = 0
 
 
 class WorkerObserver:
@@ -143,7 +144,8 @@ class PrometheusObserver(WorkerObserver):
         )
         self.economy = Gauge(
             "streamscribe_economy",
-            "1 while the worker's sessions drop the turn context for load (economy_utilisation, economy_backlog_sec)",
+            "What the worker's sessions drop for load: 0 nothing, 1 the turn context (economy_utilisation,"
+            " economy_backlog_sec), 2 also the beam and wide windows of decodes (economy_decode_utilisation)",
             registry=r,
         )
         self.backlog_audio_seconds = Gauge(
@@ -208,7 +210,7 @@ class PrometheusObserver(WorkerObserver):
         self.backlog_audio_seconds.set(load.backlog_sec)
         self.utilisation.set(load.utilisation)
         self.capacity_available_sessions.set(load.spare)
-        self.economy.set(int(load.economy))
+        self.economy.set(load.economy)
 
     def waiting(self, sessions: int) -> None:
         self.sessions_waiting.set(sessions)

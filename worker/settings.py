@@ -53,8 +53,9 @@ class WorkerSettings(BaseSettings):
     capacity_window_sec: float = Field(30.0, gt=0, description="Averaging window of the measured utilisation")
     economy: bool = Field(
         True,
-        description="Sessions drop the turn context while the worker is loaded (see economy_utilisation);"
-        " false: never, so that with catch_up_step_sec 0 a replay after a takeover is identical",
+        description="Sessions drop the turn context while the worker is loaded, and decode more cheaply while it is"
+        " far more loaded (see economy_utilisation, economy_decode_utilisation); false: never, so that with"
+        " catch_up_step_sec 0 a replay after a takeover is identical",
     )
     economy_utilisation: float = Field(
         0.6,
@@ -65,6 +66,14 @@ class WorkerSettings(BaseSettings):
     )
     economy_backlog_sec: float = Field(
         1.0, gt=0, description="Sessions drop the turn context while one of them has more unprocessed audio than this"
+    )
+    economy_decode_utilisation: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Over this utilisation (as economy_utilisation) chunk decodes are greedy, and every decode's"
+        " window is tighter (asr.economy_beam_size, asr.economy_window_padding_sec), until it is under three"
+        " quarters of it; 1: never",
     )
     max_batch: int = Field(
         64, ge=1, le=4096, description="Transcribe requests per backend call; 1 is the sequential path"

@@ -66,6 +66,19 @@ class ASRConfig(BaseModel):
     final_beam_size: int | None = Field(
         5, ge=1, le=16, description="Beam of the decodes that commit at pauses (vac); None: beam_size"
     )
+    economy_beam_size: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Beam of the chunk decodes while the worker is far short of compute (economy level 2;"
+        " the decodes that commit at pauses keep final_beam_size)",
+    )
+    economy_window_padding_sec: float | None = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="window_padding_sec of every decode while the worker is far short of compute (economy level 2)",
+    )
     prompt_chars: int = Field(
         200, ge=0, le=1000, description="Characters of committed text before the buffer given as the prompt; 0: none"
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -74,6 +75,10 @@ class TranscribeRequest:
     #: ``continues_prefix`` is true: it decodes the audio as a continuation of this text and
     #: returns only the words after it.
     prefix: str = ""
+    #: The worker is far short of compute (:attr:`EconomyLevel.CHEAP_DECODES`): a backend may
+    #: decode this request more cheaply (faster-whisper: ``economy_beam_size`` for a chunk decode,
+    #: ``economy_window_padding_sec`` for every decode). A backend written to the guide ignores it.
+    economy: bool = False
 
 
 class ASRBase:
@@ -139,7 +144,7 @@ class ASRBase:
 
         The default hands the ``(audio, prompt)`` pairs to :meth:`transcribe_batch`, so a backend
         written to the guide works unchanged; a backend that uses the rest of a request (its
-        ``final`` flag) overrides this.
+        ``final`` and ``economy`` flags) overrides this.
         """
         return self.transcribe_batch([(r.audio, r.init_prompt) for r in requests])
 
@@ -240,19 +245,32 @@ class DeferrableProcessor(Protocol):
         """The due iteration may wait for more audio, up to ``step_sec`` of unprocessed audio in all."""
 
 
+class EconomyLevel(IntEnum):
+    """How much of its optional cost a loaded worker's processors drop, in two steps."""
+
+    #: Every decode as configured.
+    OFF = 0
+    #: Cuts at utterance ends keep no turn context: shorter buffers (``economy_utilisation``).
+    NO_CONTEXT = 1
+    #: And every request is marked :attr:`TranscribeRequest.economy`, so the backend decodes it
+    #: more cheaply (``economy_decode_utilisation``).
+    CHEAP_DECODES = 2
+
+
 @runtime_checkable
 class EconomicalProcessor(Protocol):
-    """A processor with a cost it may drop while its worker is short of compute.
+    """A processor with costs it may drop while its worker is short of compute.
 
-    A worker whose recent utilisation or backlog passes its economy threshold switches economy on
-    for every session, and off again once the load has fallen well below it (``worker.runtime.capacity``),
-    so a loaded worker keeps up with plainer decodes instead of falling behind with better ones.
-    What was committed stays committed; only later decodes change. Like merged catch-up steps,
-    this makes a replay after a takeover depend on the load it meets.
+    A worker whose recent utilisation or backlog passes an economy threshold moves every session
+    to that :class:`EconomyLevel`, and back once the load has fallen well below it
+    (``worker.runtime.capacity``), so a loaded worker keeps up with plainer decodes instead of
+    falling behind with better ones. What was committed stays committed; only later decodes
+    change. Like merged catch-up steps, this makes a replay after a takeover depend on the load
+    it meets.
     """
 
-    def set_economy(self, on: bool) -> None:
-        """Drop (``True``) or restore (``False``) the optional cost from the next processing point on."""
+    def set_economy(self, level: EconomyLevel) -> None:
+        """Drop the costs of ``level`` (and restore those above it) from the next processing point on."""
 
 
 @runtime_checkable

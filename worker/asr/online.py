@@ -43,8 +43,9 @@ whisper_streaming's voice activity controller does it:
   that much of the committed speech before it, from a sentence start: the next turn is decoded
   with the turns before it in the window (their words are re-read and dropped by time, as
   committed words are).
-  It is the one cost a worker short of compute may drop (:meth:`set_economy`): the buffer is then
-  cut in the pause, as it was before the context existed;
+  It is the first cost a worker short of compute drops (:meth:`set_economy`): the buffer is then
+  cut in the pause, as it was before the context existed; a worker further short of compute also
+  marks every request for a cheaper decode (``TranscribeRequest.economy``);
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost;
 * a closing decode (utterance end or :meth:`finish`) whose words stop ``EARLY_STOP_SEC`` before
@@ -60,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from worker.asr.audio import WHISPER_SAMPLE_RATE, resample
-from worker.asr.contracts import ASRBase, Committed, TranscribeRequest, Word
+from worker.asr.contracts import ASRBase, Committed, EconomyLevel, TranscribeRequest, Word
 from worker.asr.hypothesis import HypothesisBuffer
 from worker.asr.trimming import BufferTrimming
 from worker.asr.utterance import VAC_SILENCE_SEC, UtteranceBuffering
@@ -125,7 +126,7 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         self.committed_prefix = committed_prefix
         self.turn_context_sec = float(turn_context_sec)
         #: Set by a worker short of compute (``EconomicalProcessor``); not part of the snapshot.
-        self.economy = False
+        self.economy = EconomyLevel.OFF
         self.init()
 
     @classmethod
@@ -230,16 +231,18 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
             return False
         return self.audio_buffer.shape[0] / self.sample_rate + step_sec - self.unprocessed_sec < self.max_buffer_sec
 
-    def set_economy(self, on: bool) -> None:
-        """While on, cuts at utterance ends keep no turn context: shorter buffers, cheaper decodes.
+    def set_economy(self, level: EconomyLevel) -> None:
+        """From ``NO_CONTEXT`` up, cuts at utterance ends keep no turn context (shorter buffers);
+        at ``CHEAP_DECODES`` every request is marked ``economy`` too.
 
-        Called between iterations. When it comes on, the context kept at the last cut leaves the
-        buffer at once (it is committed speech, and silence) rather than at the next utterance
-        end, which may be a long turn away.
+        Called between iterations. When the context is dropped, the context kept at the last cut
+        leaves the buffer at once (it is committed speech, and silence) rather than at the next
+        utterance end, which may be a long turn away.
         """
-        if on and not self.economy:
+        level = EconomyLevel(level)
+        if level >= EconomyLevel.NO_CONTEXT > self.economy:
             self._trim_to(self._plain_cut)
-        self.economy = on
+        self.economy = level
 
     def partial(self) -> Committed:
         """The unconfirmed hypothesis after the last iteration (words not committed yet)."""
@@ -285,10 +288,11 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         """The transcribe call for ``audio16k`` (the buffer from its start) with the prompt and,
         for a backend that continues committed text, the committed words inside the buffer."""
         committed = self.transcript_buffer.committed_in_buffer
+        economy = self.economy >= EconomyLevel.CHEAP_DECODES
         if not (self.committed_prefix and self.asr.continues_prefix and committed):
-            return TranscribeRequest(audio16k, self.prompt(), final=final)
+            return TranscribeRequest(audio16k, self.prompt(), final=final, economy=economy)
         prefix = self.asr.sep.join(w.text for w in committed).strip()
-        return TranscribeRequest(audio16k, self.prompt(), final=final, prefix=prefix)
+        return TranscribeRequest(audio16k, self.prompt(), final=final, prefix=prefix, economy=economy)
 
     def _insert(self, request: TranscribeRequest | None, result: Any) -> bool:
         """Make ``result``'s words the new hypothesis; False if it brought none to replace the last.

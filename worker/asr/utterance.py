@@ -29,7 +29,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from worker.asr.audio import resample
-from worker.asr.contracts import Committed, TranscribeRequest, Word
+from worker.asr.contracts import Committed, EconomyLevel, TranscribeRequest, Word
 
 if TYPE_CHECKING:
     from worker.asr.online import OnlineASRProcessor
@@ -232,7 +232,7 @@ class UtteranceBuffering:
         steps depend on the load too.
         """
         self._plain_cut = cut
-        if self.turn_context_sec <= 0 or self.economy:
+        if self.turn_context_sec <= 0 or self.economy >= EconomyLevel.NO_CONTEXT:
             return cut
         words = [w for w in self.transcript_buffer.committed_in_buffer if w.end <= cut]
         inside = [k for k, w in enumerate(words) if w.start >= cut - self.turn_context_sec]

@@ -86,13 +86,19 @@ class FasterWhisperASR(ASRBase):
         log_prob_threshold: float = -1.0,
         window_padding_sec: float | None = 5.0,
         full_final_window: bool = False,
+        economy_beam_size: int = 1,
+        economy_window_padding_sec: float | None = 2.0,
         **kwargs: Any,
     ) -> None:
-        self.padding_frames = None if window_padding_sec is None else round(window_padding_sec * 100)
+        self.padding_frames = _frames(window_padding_sec)
+        # a request marked economy (the worker is far short of compute): a greedy chunk decode in
+        # a tighter window (3 live calls on 2 cores: commit p95 4.6 -> 3.5 s, docs/benchmarks.md)
+        self.economy_padding_frames = _frames(economy_window_padding_sec)
+        self.economy_beam_size = economy_beam_size
         # with utterance commits, the one decode that commits an utterance reads Whisper's whole
         # 30 s window, as Whisper was trained (measured: 10.6 % WER against 14.3 % fitted on a
         # 12-minute call; with agreement commits the full window made it worse, 14.1 % against 12.8 %)
-        self.final_padding_frames = None if full_final_window else self.padding_frames
+        self.full_final_window = full_final_window
         self.device = device
         self.compute_type = compute_type
         self.beam_size = beam_size
@@ -158,11 +164,16 @@ class FasterWhisperASR(ASRBase):
     def _request(self, request: TranscribeRequest) -> Any:
         from worker.backends.whisper_decode import DecodeRequest
 
-        padding = self.final_padding_frames if request.final else self.padding_frames
+        if request.final and self.full_final_window:
+            padding = None
+        else:
+            padding = self.economy_padding_frames if request.economy else self.padding_frames
         return DecodeRequest(request.audio, request.init_prompt, self._beam(request), padding, request.prefix)
 
     def _beam(self, request: TranscribeRequest) -> int:
-        return self.final_beam_size if request.final else self.beam_size
+        if request.final:
+            return self.final_beam_size
+        return self.economy_beam_size if request.economy else self.beam_size
 
     def ts_words(self, result: list[Any]) -> list[Word]:
         words: list[Word] = []
@@ -181,6 +192,11 @@ class FasterWhisperASR(ASRBase):
         self.transcribe_kargs["vad_filter"] = True
 
 
+def _frames(padding_sec: float | None) -> int | None:
+    """Mel frames of silence after the audio (``None``: Whisper's full 30 s window)."""
+    return None if padding_sec is None else round(padding_sec * 100)
+
+
 class FasterWhisperLoader:
     """``faster-whisper`` in ``MODEL_LOADERS``."""
 
@@ -197,6 +213,8 @@ class FasterWhisperLoader:
             no_speech_threshold=config.no_speech_threshold,
             window_padding_sec=config.window_padding_sec,
             full_final_window=config.commit_policy == "utterance",
+            economy_beam_size=config.economy_beam_size,
+            economy_window_padding_sec=config.economy_window_padding_sec,
         )
         if config.task == "translate":
             asr.set_translate_task()

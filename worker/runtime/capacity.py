@@ -12,13 +12,15 @@ does not close the door, and a worker that just started (no measurement yet) tak
 ceiling.
 
 **Economy.** A worker that already owns more than it can decode well has a second lever: its
-processors drop an optional cost (the turn context: shorter buffers, cheaper decodes) while the
-recent utilisation (``ECONOMY_WINDOW_SEC``) is over ``economy_utilisation``, or would be with the
-sessions it owns now at the recent cost per session (a session that just joined has cost nothing
-yet, and waiting for it to show would let a backlog build), or while the backlog is over
-``economy_backlog_sec`` (:class:`Economy`). One CPU worker then follows two live calls as it did
-without the context, and a worker with compute to spare (one call on a CPU, a GPU well under
-its load) decodes every turn with the turns before it.
+processors drop optional costs, in two levels (:class:`~worker.asr.contracts.EconomyLevel`).
+The turn context goes (shorter buffers) while the recent utilisation (``ECONOMY_WINDOW_SEC``) is
+over ``economy_utilisation``, or would be with the sessions it owns now at the recent cost per
+session (a session that just joined has cost nothing yet, and waiting for it to show would let a
+backlog build), or while one session's backlog is over ``economy_backlog_sec``; past
+``economy_decode_utilisation`` the decodes get cheaper too (greedy chunk decodes in tighter
+windows) (:class:`Economy`). One CPU worker then follows two live calls as it did without the
+context, three with cheaper decodes, and a worker with compute to spare (one call on a CPU, a
+GPU well under its load) decodes every turn with the turns before it and a beam.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import math
 import time
 from collections.abc import Callable
 
+from worker.asr.contracts import EconomyLevel
+
 #: Averaging window of the utilisation that switches economy: short, so that a worker that took
 #: on more than it decodes well drops the optional costs within seconds, before a backlog builds.
 ECONOMY_WINDOW_SEC = 10.0
-#: Economy ends once the recent utilisation and the backlog are both below this share of their
-#: thresholds, so it does not flap at the threshold (the context costs about a third more).
+#: A level of economy ends once the recent utilisation and the backlog are both below this share
+#: of its thresholds, so it does not flap there (the context costs about a third more, and beam
+#: search with wider windows about as much again).
 ECONOMY_RESUME_SHARE = 0.75
 
 
@@ -107,22 +112,37 @@ class CapacityMeter:
 
 
 class Economy:
-    """Whether the worker's processors drop their optional costs now (see the module docstring)."""
+    """The economy level of the worker's processors now (see the module docstring)."""
 
-    def __init__(self, utilisation: float, backlog_sec: float) -> None:
+    def __init__(self, utilisation: float, backlog_sec: float, decode_utilisation: float = 1.0) -> None:
         self.utilisation = utilisation
         self.backlog_sec = backlog_sec
-        self.on = False
+        self.decode_utilisation = decode_utilisation
+        self.level = EconomyLevel.OFF
 
-    def update(self, utilisation: float, backlog_sec: float) -> bool:
-        """Switch on past either threshold, off once both are well below; returns the state.
+    @property
+    def on(self) -> bool:
+        return self.level > EconomyLevel.OFF
+
+    def update(self, utilisation: float, backlog_sec: float) -> EconomyLevel:
+        """Go up a level past its threshold, down once the load is well below it; returns the level.
 
         ``utilisation``: the higher of the recent and the projected one, so a session that joins
-        switches economy on at once, and one that leaves switches it off only as the load falls.
+        raises the level at once, and one that leaves lowers it only as the load falls. The
+        context goes past ``utilisation`` or ``backlog_sec``; cheap decodes come past
+        ``decode_utilisation`` only (a backlog alone is a peak that dropping the context clears).
         """
-        if self.on:
-            calm = utilisation < self.utilisation * ECONOMY_RESUME_SHARE
-            self.on = not (calm and backlog_sec < self.backlog_sec * ECONOMY_RESUME_SHARE)
+        # a projection past 1 is as loaded as can be; capped, so that a threshold of 1 means never
+        utilisation = min(utilisation, 1.0)
+        share = ECONOMY_RESUME_SHARE
+        cheap = self.level == EconomyLevel.CHEAP_DECODES
+        loaded = self.level >= EconomyLevel.NO_CONTEXT
+        if utilisation > self.decode_utilisation or (cheap and utilisation >= self.decode_utilisation * share):
+            self.level = EconomyLevel.CHEAP_DECODES
+        elif utilisation > self.utilisation or backlog_sec > self.backlog_sec:
+            self.level = EconomyLevel.NO_CONTEXT
+        elif loaded and (utilisation >= self.utilisation * share or backlog_sec >= self.backlog_sec * share):
+            self.level = EconomyLevel.NO_CONTEXT  # not yet well below either threshold
         else:
-            self.on = utilisation > self.utilisation or backlog_sec > self.backlog_sec
-        return self.on
+            self.level = EconomyLevel.OFF
+        return self.level

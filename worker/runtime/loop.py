@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from worker.asr.contracts import EconomyLevel
 from worker.metrics import END_REASONS, LoopHeartbeat, WorkerLoad, WorkerObserver
 from worker.protocol.connection import connect
 from worker.protocol.keys import Keyspace
@@ -66,7 +67,9 @@ class Worker:
         self.capacity = CapacityMeter(
             settings.capacity_headroom, settings.max_backlog_sec, window_sec=settings.capacity_window_sec
         )
-        self.economy = Economy(settings.economy_utilisation, settings.economy_backlog_sec)
+        self.economy = Economy(
+            settings.economy_utilisation, settings.economy_backlog_sec, settings.economy_decode_utilisation
+        )
         self.partials = PartialPublisher(self.client, self.keys, int(settings.retention_sec * 1000))
         self.models = ModelControl(self.client, self.keys, settings)
         self.models.on_drain = self.drain
@@ -349,7 +352,9 @@ class Worker:
         spare = 0 if self.draining else self.capacity.spare(active, self.settings.max_sessions, backlog)
         # the longest wait of one session, not the sum: a GPU worker's many sessions each hold a little
         load = max(self.capacity.recent_utilisation, self.capacity.projected_utilisation(active))
-        economy = self.settings.economy and self.economy.update(load, max(backlogs, default=0.0))
+        economy = EconomyLevel.OFF
+        if self.settings.economy:
+            economy = self.economy.update(load, max(backlogs, default=0.0))
         for s in self.sessions.values():
             s.set_economy(economy)
         self.observer.load(WorkerLoad(active, self.settings.max_sessions, backlog, utilisation, spare, economy))

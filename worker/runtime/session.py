@@ -33,6 +33,7 @@ from worker.asr.contracts import (
     BatchableProcessor,
     DeferrableProcessor,
     EconomicalProcessor,
+    EconomyLevel,
     StreamingProcessor,
     TranscribeRequest,
 )
@@ -131,8 +132,8 @@ class LiveSession(SessionRecords):
         self.max_rejections = max_rejections
         #: behind by a step or more, chunk points merge into steps of up to this much audio (0: never)
         self.catch_up_step_sec = catch_up_step_sec
-        #: its processors drop their optional costs (the worker is loaded; see :meth:`set_economy`)
-        self.economy = False
+        #: what its processors drop of their optional costs (the worker is loaded; see :meth:`set_economy`)
+        self.economy = EconomyLevel.OFF
 
     @property
     def session_id(self) -> str:
@@ -147,17 +148,17 @@ class LiveSession(SessionRecords):
         queued = sum(e.frames for e in self.queue)
         return (queued + self._unread_entries * self._chunk_frames) / self.opened.sample_rate
 
-    def set_economy(self, on: bool) -> None:
-        """The worker is short of compute (or no longer): its processors drop their optional costs.
+    def set_economy(self, level: EconomyLevel) -> None:
+        """The worker is short of compute (or no longer): its processors drop the costs of ``level``.
 
         The loop reports its load after every iteration; only a change reaches the processors.
         """
-        if on == self.economy:
+        if level == self.economy:
             return
-        self.economy = on
+        self.economy = level
         for p in self.processors:
             if isinstance(p, EconomicalProcessor):
-                p.set_economy(on)
+                p.set_economy(level)
 
     def queued_bytes(self) -> int:
         """Decoded audio read ahead and not consumed yet."""
