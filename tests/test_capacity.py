@@ -1,5 +1,9 @@
 """Capacity from measured cost: a worker that cannot keep up stops claiming new sessions, drops the turn context,
-and decodes more cheaply."""
+and decodes more cheaply.
+
+The worker tests stream tens of seconds in real time and test the worker's own accounting, not the
+server's, so they run against the embedded Valkey only (the suites of the commit path run on both).
+"""
 
 from __future__ import annotations
 
@@ -112,15 +116,15 @@ def test_a_session_that_joins_raises_the_projected_utilisation_before_it_costs_a
     assert economy.update(max(meter.recent_utilisation, meter.projected_utilisation(2)), 0.0) == EconomyLevel.NO_CONTEXT
 
 
-def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_load_falls(redis_url, monkeypatch):
+def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_load_falls(valkey_url, monkeypatch):
     slow = slow_backend(monkeypatch)
     settings = synthetic_settings(
-        redis_url,
+        valkey_url,
         asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
         economy_utilisation=0.4,
     )
     words = random_words(100, seed=23)  # 40 s of audio, sent in real time
-    call = RealtimeProducer(redis_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
+    call = RealtimeProducer(valkey_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
 
     def processors_in_economy() -> list[EconomyLevel]:
         session = worker.worker.sessions.get("call")
@@ -135,22 +139,22 @@ def test_a_loaded_worker_puts_its_sessions_in_economy_and_takes_it_off_when_the_
         assert worker.worker.capacity.recent_utilisation < 0.3
         call.finish()
         assert worker.join(60)
-    events = output_events(redis_url, "call")
+    events = output_events(valkey_url, "call")
     assert events[-1].TYPE == "session_ended" and events[-1].reason == "completed"
     committed = " ".join(e.text for e in events if e.TYPE == "segment").split()
     assert committed == words  # economy changes what a decode hears, never what is kept
 
 
-def test_a_worker_with_economy_off_keeps_the_turn_context_however_loaded(redis_url, monkeypatch):
+def test_a_worker_with_economy_off_keeps_the_turn_context_however_loaded(valkey_url, monkeypatch):
     slow_backend(monkeypatch)
     settings = synthetic_settings(
-        redis_url,
+        valkey_url,
         asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
         economy=False,
         economy_utilisation=0.4,
     )
     call = RealtimeProducer(
-        redis_url, "call", encode_words(random_words(100, seed=24)), chunk_frames=8000, interval_sec=0.5
+        valkey_url, "call", encode_words(random_words(100, seed=24)), chunk_frames=8000, interval_sec=0.5
     )
     with WorkerThread(settings, max_seconds=100) as worker:
         call.start()
@@ -163,7 +167,7 @@ def test_a_worker_with_economy_off_keeps_the_turn_context_however_loaded(redis_u
 
 
 def test_a_worker_far_short_of_compute_marks_its_requests_for_cheaper_decodes_and_keeps_every_word(
-    redis_url, monkeypatch
+    valkey_url, monkeypatch
 ):
     slow_backend(monkeypatch)  # 60 % of the wall clock: past both thresholds below
     marked: list[bool] = []
@@ -175,13 +179,13 @@ def test_a_worker_far_short_of_compute_marks_its_requests_for_cheaper_decodes_an
 
     monkeypatch.setattr(SyntheticASR, "transcribe_requests", transcribe_requests)
     settings = synthetic_settings(
-        redis_url,
+        valkey_url,
         asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
         economy_utilisation=0.3,
         economy_decode_utilisation=0.45,
     )
     words = random_words(60, seed=25)
-    call = RealtimeProducer(redis_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
+    call = RealtimeProducer(valkey_url, "call", encode_words(words), chunk_frames=8000, interval_sec=0.5)
     with WorkerThread(settings, max_seconds=100) as worker:
         call.start()
         wait_for(lambda: worker.worker.economy.level == EconomyLevel.CHEAP_DECODES, 30, "the worker to decode cheaply")
@@ -191,27 +195,27 @@ def test_a_worker_far_short_of_compute_marks_its_requests_for_cheaper_decodes_an
         call.finish()
         assert worker.join(60)
     assert not marked[0]  # the first decodes, before any load was measured, were plain
-    events = output_events(redis_url, "call")
+    events = output_events(valkey_url, "call")
     assert events[-1].TYPE == "session_ended" and events[-1].reason == "completed"
     assert " ".join(e.text for e in events if e.TYPE == "segment").split() == words
 
 
-def test_a_worker_at_capacity_leaves_new_sessions_waiting_until_it_has_room(redis_url, monkeypatch):
+def test_a_worker_at_capacity_leaves_new_sessions_waiting_until_it_has_room(valkey_url, monkeypatch):
     slow_backend(monkeypatch)
     settings = synthetic_settings(
-        redis_url,
+        valkey_url,
         asr={"backend": "synthetic", "model": "tones", "vad": False, "min_chunk_size": 0.5},
         max_sessions=4,
         capacity_headroom=0.5,
         capacity_window_sec=1.0,
     )
     busy_words = random_words(60, seed=21)
-    busy = RealtimeProducer(redis_url, "busy", encode_words(busy_words), chunk_frames=8000, interval_sec=0.5)
-    client = client_for(redis_url)
+    busy = RealtimeProducer(valkey_url, "busy", encode_words(busy_words), chunk_frames=8000, interval_sec=0.5)
+    client = client_for(valkey_url)
     with WorkerThread(settings, max_seconds=100) as worker:
         busy.start()
         wait_for(lambda: worker.worker.capacity.utilisation > 0.5, 30, "the worker to measure its load")
-        waiting = RealtimeProducer(redis_url, "waiting", encode_words(random_words(5, seed=22)))
+        waiting = RealtimeProducer(valkey_url, "waiting", encode_words(random_words(5, seed=22)))
         waiting.start()
         waiting.finish()
         time.sleep(2.0)
@@ -221,6 +225,6 @@ def test_a_worker_at_capacity_leaves_new_sessions_waiting_until_it_has_room(redi
         # the busy call ended: the worker has room again and takes the one that waited
         assert worker.join(60)
     for sid in ("busy", "waiting"):
-        events = output_events(redis_url, sid)
+        events = output_events(valkey_url, sid)
         assert events[-1].TYPE == "session_ended" and events[-1].reason == "completed"
-    assert np.all([e.TYPE != "error" for e in output_events(redis_url, "busy")])
+    assert np.all([e.TYPE != "error" for e in output_events(valkey_url, "busy")])
