@@ -288,10 +288,10 @@ class OnlineASRProcessor(UtteranceBuffering, BufferTrimming):
         """The transcribe call for ``audio16k`` (the buffer from its start) with the prompt and,
         for a backend that continues committed text, the committed words inside the buffer."""
         committed = self.transcript_buffer.committed_in_buffer
+        prefix = ""
+        if self.committed_prefix and self.asr.continues_prefix and committed:
+            prefix = self.asr.sep.join(w.text for w in committed).strip()
         economy = self.economy >= EconomyLevel.CHEAP_DECODES
-        if not (self.committed_prefix and self.asr.continues_prefix and committed):
-            return TranscribeRequest(audio16k, self.prompt(), final=final, economy=economy)
-        prefix = self.asr.sep.join(w.text for w in committed).strip()
         return TranscribeRequest(audio16k, self.prompt(), final=final, prefix=prefix, economy=economy)
 
     def _insert(self, request: TranscribeRequest | None, result: Any) -> bool:
