@@ -121,7 +121,8 @@ class SessionStarted(Event):
 
 @dataclass(frozen=True)
 class SessionEnded(Event):
-    """``reason``: completed, stalled or error; ``totals``: audio_sec, segments, words, errors,
+    """``reason``: the end marker's (completed by default), stalled, max_duration,
+    too_many_rejections or error; ``totals``: audio_sec, segments, words, errors,
     latency_mean_sec and latency_p95_sec (commit latency; None without segments)."""
 
     TYPE: ClassVar[str] = "session_ended"
