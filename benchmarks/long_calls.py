@@ -5,8 +5,9 @@
     python -m benchmarks.long_calls --beam-size 5 --min-chunk-size 1.0 --set buffer_trimming_sec=10
 
 For each set (``mix``: the 16 kHz mix; ``ulaw``: the 8 kHz μ-law mix, streamed at 8 kHz with
-``input_sample_rate=8000``; ``stereo``: each channel streamed on its own and scored against its
-channel's reference) it prints:
+``input_sample_rate=8000``; ``stereo``: both channels streamed together as a worker's session
+streams them, each channel's commits shared with the other (``conversation_prompt``), and each
+scored against its channel's reference) it prints:
 
 * offline WER: plain faster-whisper on the whole file, beam 5, VAD off, same model, the sampling
   of its temperature fallback seeded (``benchmarks.offline``). Cached per (file, channel, model,
@@ -43,6 +44,7 @@ from benchmarks.call_scoring import (
     turn_changes,
 )
 from benchmarks.calls import Call, build_calls, default_cache_dir
+from benchmarks.conversation import run_channels
 from benchmarks.long_calls_report import print_table, summarise
 from benchmarks.offline import OFFLINE_BEAM, OFFLINE_SEED, offline_transcribe
 from benchmarks.simulate_rtf import machine
@@ -206,6 +208,26 @@ def evaluate(stream: Stream, config: ASRConfig, offline_cache: Path, catch_up_st
     stream_config = config.replace(input_sample_rate=stream.rate) if stream.rate != 16000 else config
     audio = stream.audio(stream.rate)
     text, lags, busy = run_streaming(stream_config, audio, stream.rate, catch_up_step_sec=catch_up_step_sec)
+    return _scored(stream, config, offline_cache, text, lags, busy)
+
+
+def evaluate_channels(streams: list[Stream], config: ASRConfig, offline_cache: Path) -> list[StreamResult]:
+    """The channels of one call (its ``stereo`` streams) streamed together, as the worker's
+    session streams them (:mod:`benchmarks.conversation`), each scored against its reference."""
+    if len({(s.call.name, s.path, s.rate) for s in streams}) > 1:
+        raise ValueError("evaluate_channels takes the channels of one file")
+    if not streams:
+        return []
+    rate = streams[0].rate
+    stream_config = config.replace(input_sample_rate=rate) if rate != 16000 else config
+    audios = [s.audio(rate) for s in streams]
+    runs = run_channels(stream_config, audios, rate)
+    return [_scored(s, config, offline_cache, r.text, r.lags, r.busy) for s, r in zip(streams, runs, strict=True)]
+
+
+def _scored(
+    stream: Stream, config: ASRConfig, offline_cache: Path, text: str, lags: list[float], busy: float
+) -> StreamResult:
     offline, offline_busy = run_offline(config, stream, offline_cache)
     phrases = stream.phrases()
     changes = turn_changes([(t.speaker, t.start, t.end) for t in stream.call.turns])
@@ -321,8 +343,12 @@ def main(argv: list[str] | None = None) -> None:
 
     results: list[StreamResult] = []
     for call in calls:
-        for stream in streams_of(call, sets):
-            r = evaluate(stream, config, root / "offline", args.catch_up_step_sec)
+        streams = streams_of(call, sets)
+        # the stereo channels go together, as a session streams them, unless fed as a worker behind
+        together = [] if args.catch_up_step_sec else [s for s in streams if s.channel is not None]
+        alone = [s for s in streams if s not in together]
+        call_results = [evaluate(s, config, root / "offline", args.catch_up_step_sec) for s in alone]
+        for r in call_results + evaluate_channels(together, config, root / "offline"):
             results.append(r)
             print(
                 f"  {r.call:12s} {r.row:11s} offline {r.offline_score.wer * 100:6.2f}% "

@@ -483,7 +483,7 @@ def test_economy_drops_the_kept_context_at_once_and_cuts_later_turns_in_the_paus
     proc.set_economy(EconomyLevel.NO_CONTEXT)  # the worker is loaded: the context goes before the next decode
     assert proc.buffer_start == round(16.5 * 16000)
     assert proc.transcript_buffer.committed_in_buffer == []
-    assert " ".join(proc.prompt_words).split()[-3:] == ["Hi", "Anna.", "How"]  # still the prompt
+    assert proc.prompt().split()[-3:] == ["Hi", "Anna.", "How"]  # still the prompt
     proc.transcript_buffer.committed_in_buffer = [Word(17.0, 17.4, " Fine.", 0.9)]
     assert proc._with_turn_context(18.0) == 18.0  # in economy a cut keeps no context
     proc.set_economy(EconomyLevel.OFF)

@@ -274,6 +274,20 @@ class EconomicalProcessor(Protocol):
 
 
 @runtime_checkable
+class ConversationalProcessor(Protocol):
+    """A processor of one channel of a multichannel call that listens to the other channels.
+
+    The session hands it every word another channel commits, as it commits it, in channel order
+    within an iteration, so a restored session hands over the same words at the same points. The
+    processor may use them (the faster-whisper processor prompts each decode with both parties'
+    committed text, in time order: ``conversation_prompt``); they must be part of its snapshot.
+    """
+
+    def hear(self, words: Sequence[Word]) -> None:
+        """Words another channel of the same call just committed."""
+
+
+@runtime_checkable
 class InterimProcessor(Protocol):
     """A processor that can show its unconfirmed hypothesis (for ``partial`` events)."""
 

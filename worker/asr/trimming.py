@@ -85,7 +85,7 @@ class BufferTrimming:
     def _trim_to(self: OnlineASRProcessor, time: float) -> None:
         cut = min(max(round(time * self.sample_rate), self.buffer_start), self.buffer_end)
         for word in self.transcript_buffer.pop_committed(cut / self.sample_rate):
-            self._remember_for_prompt(word.text)
+            self._remember_for_prompt(word)
         self.audio_buffer = self.audio_buffer[cut - self.buffer_start :].copy()
         self.buffer_start = cut
         self.processed_end = max(self.processed_end, cut)

@@ -100,6 +100,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep this much of the turns before an utterance in the buffer as context (default 4; a loaded"
         " worker drops it, see STREAMSCRIBE_ECONOMY_UTILISATION; 0: cut in the pause)",
     )
+    asr.add_argument(
+        "--conversation-prompt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prompt each channel of a multichannel session with every channel's committed text in time"
+        " order (default on: the customer channel of the long stereo calls 1.6 WER points better)",
+    )
     p.add_argument("--burst", action="store_true", help="drain the waiting sessions, then exit")
     p.set_defaults(run=run)
 
@@ -140,6 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "commit_deadline_sec": args.commit_deadline_sec,
         "committed_prefix": args.committed_prefix,
         "turn_context_sec": args.turn_context_sec,
+        "conversation_prompt": args.conversation_prompt,
     }
     changes = {k: (None if v is NONE else v) for k, v in asr_flags.items() if v is not None}
     if not changes:
