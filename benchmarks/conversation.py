@@ -24,9 +24,9 @@ from worker.asr.contracts import (
     ASRProcessor,
     BatchableProcessor,
     Committed,
-    ConversationalProcessor,
     StreamingProcessor,
     TranscribeRequest,
+    share_committed,
 )
 from worker.asr.online import OnlineASRProcessor
 from worker.backends.registry import load_processor
@@ -44,22 +44,25 @@ class ChannelRun:
     def text(self) -> str:
         return " ".join(self.texts)
 
+    def take(self, committed: Committed, emit: float) -> None:
+        """Keep a commit made with ``emit`` seconds of audio fed: its text and each word's lag."""
+        if not committed.text.strip():
+            return
+        self.texts.append(committed.text.strip())
+        if committed.words:
+            self.lags.extend(emit - w.end for w in committed.words)
+        elif committed.end is not None:  # a backend without words: the segment's lag for each word
+            self.lags.extend([emit - committed.end] * len(committed.text.split()))
 
-def _point(processor: ASRProcessor) -> str | None:
+
+def due_point(processor: ASRProcessor) -> str | None:
+    """The processing point a processor is due at, as the worker's loop reads it (``"chunk"``
+    for one that does not say, which runs at every chunk), or ``None``."""
     if isinstance(processor, OnlineASRProcessor):
         return processor.due_point()
     if isinstance(processor, StreamingProcessor):
         return "chunk" if processor.is_due() else None
     return "chunk"
-
-
-def _share(processors: list[ASRProcessor], channel: int, committed: Committed) -> None:
-    """What the session does with a channel's commit: every other channel hears its words."""
-    if not committed.words:
-        return
-    for other, processor in enumerate(processors):
-        if other != channel and isinstance(processor, ConversationalProcessor):
-            processor.hear(committed.words)
 
 
 def stream_channels(
@@ -79,29 +82,31 @@ def stream_channels(
         for p, audio in zip(processors, audios, strict=True):
             p.insert_audio_chunk(audio[fed : fed + step])
         emit = min(total, fed + step) / rate
-        while due := [c for c, p in enumerate(processors) if _point(p) is not None]:
+        while due := [c for c, p in enumerate(processors) if due_point(p) is not None]:
             # as LiveSession._calls plans them: a skipped or unbatchable step completes at once
             planned: list[tuple[int, BatchableProcessor, TranscribeRequest, float]] = []
             for c in due:
                 p = processors[c]
                 started = time.perf_counter()
-                request = p.prepare_iter() if isinstance(p, BatchableProcessor) else None
-                if isinstance(p, BatchableProcessor) and request is not None:
+                if not isinstance(p, BatchableProcessor):
+                    committed = p.process_iter()
+                elif (request := p.prepare_iter()) is not None:
                     planned.append((c, p, request, time.perf_counter() - started))
                     continue
-                committed = p.complete_iter(None) if isinstance(p, BatchableProcessor) else p.process_iter()
+                else:
+                    committed = p.complete_iter(None)
                 yield c, committed, emit, time.perf_counter() - started
-                _share(processors, c, committed)
+                share_committed(processors, c, committed.words)
             for c, p, request, spent in planned:
                 started = time.perf_counter()
                 committed = p.complete_iter(p.asr.transcribe_requests([request])[0])
                 yield c, committed, emit, spent + time.perf_counter() - started
-                _share(processors, c, committed)
+                share_committed(processors, c, committed.words)
     for c, p in enumerate(processors):
         started = time.perf_counter()
         committed = p.finish()
         yield c, committed, total / rate, time.perf_counter() - started
-        _share(processors, c, committed)
+        share_committed(processors, c, committed.words)
 
 
 def run_channels(config: ASRConfig, audios: list[np.ndarray], rate: int, chunk_sec: float = 0.1) -> list[ChannelRun]:
@@ -112,13 +117,6 @@ def run_channels(config: ASRConfig, audios: list[np.ndarray], rate: int, chunk_s
     processors = [load_processor(config)[0] for _ in audios]
     runs = [ChannelRun() for _ in audios]
     for channel, committed, emit, busy in stream_channels(processors, audios, rate, chunk_sec):
-        run = runs[channel]
-        run.busy += busy
-        if not committed.text.strip():
-            continue
-        run.texts.append(committed.text.strip())
-        if committed.words:
-            run.lags.extend(emit - w.end for w in committed.words)
-        elif committed.end is not None:
-            run.lags.extend([emit - committed.end] * len(committed.text.split()))
+        runs[channel].busy += busy
+        runs[channel].take(committed, emit)
     return runs

@@ -44,14 +44,13 @@ from benchmarks.call_scoring import (
     turn_changes,
 )
 from benchmarks.calls import Call, build_calls, default_cache_dir
-from benchmarks.conversation import run_channels
+from benchmarks.conversation import ChannelRun, due_point, run_channels
 from benchmarks.long_calls_report import print_table, summarise
 from benchmarks.offline import OFFLINE_BEAM, OFFLINE_SEED, offline_transcribe
 from benchmarks.simulate_rtf import machine
 from worker.asr.audio import decode_file
 from worker.asr.config import ASRConfig
-from worker.asr.contracts import ASRProcessor, Committed, DeferrableProcessor, StreamingProcessor
-from worker.asr.online import OnlineASRProcessor
+from worker.asr.contracts import ASRProcessor, Committed, DeferrableProcessor
 from worker.backends.registry import load_processor
 
 SETS = ("mix", "ulaw", "stereo")
@@ -125,20 +124,13 @@ def stream_commits(
     processor.init()
     step = max(1, round(chunk_sec * rate))
 
-    def point() -> str | None:
-        if isinstance(processor, OnlineASRProcessor):
-            return processor.due_point()
-        if isinstance(processor, StreamingProcessor):
-            return "chunk" if processor.is_due() else None
-        return "chunk"
-
     for fed in range(0, audio.shape[0], step):
         processor.insert_audio_chunk(audio[fed : fed + step])
         emit = min(audio.shape[0], fed + step) / rate
         behind = catch_up_step_sec > 0 and fed + 2 * step <= audio.shape[0]
         if behind and isinstance(processor, DeferrableProcessor) and processor.can_defer(catch_up_step_sec):
             continue
-        while (kind := point()) is not None:
+        while (kind := due_point(processor)) is not None:
             yield processor.process_iter(), emit, kind
     yield processor.finish(), audio.shape[0] / rate, "finish"
 
@@ -151,18 +143,11 @@ def run_streaming(
     A word's lag is its own: the audio fed when it was committed minus its end.
     """
     processor, _meta = load_processor(config)
-    texts: list[str] = []
-    lags: list[float] = []
+    run = ChannelRun()
     started = time.perf_counter()
     for committed, emit, _point in stream_commits(processor, audio, rate, chunk_sec, catch_up_step_sec):
-        if not committed.text.strip():
-            continue
-        texts.append(committed.text.strip())
-        if committed.words:
-            lags.extend(emit - w.end for w in committed.words)
-        elif committed.end is not None:  # a backend without words: the segment's lag for each word
-            lags.extend([emit - committed.end] * len(committed.text.split()))
-    return " ".join(texts), lags, time.perf_counter() - started
+        run.take(committed, emit)
+    return run.text, run.lags, time.perf_counter() - started
 
 
 def run_offline(config: ASRConfig, stream: Stream, cache: Path) -> tuple[str, float]:
@@ -345,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     for call in calls:
         streams = streams_of(call, sets)
         # the stereo channels go together, as a session streams them, unless fed as a worker behind
-        together = [] if args.catch_up_step_sec else [s for s in streams if s.channel is not None]
+        together = [s for s in streams if s.channel is not None and not args.catch_up_step_sec]
         alone = [s for s in streams if s not in together]
         call_results = [evaluate(s, config, root / "offline", args.catch_up_step_sec) for s in alone]
         for r in call_results + evaluate_channels(together, config, root / "offline"):

@@ -287,6 +287,16 @@ class ConversationalProcessor(Protocol):
         """Words another channel of the same call just committed."""
 
 
+def share_committed(processors: Sequence[object], channel: int, words: Sequence[Word]) -> None:
+    """What a multichannel session does with a channel's commit: every other channel's
+    conversational processor hears its words, in channel order."""
+    if not words:
+        return
+    for other, processor in enumerate(processors):
+        if other != channel and isinstance(processor, ConversationalProcessor):
+            processor.hear(words)
+
+
 @runtime_checkable
 class InterimProcessor(Protocol):
     """A processor that can show its unconfirmed hypothesis (for ``partial`` events)."""

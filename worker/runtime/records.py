@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from worker.asr.contracts import Committed, ConversationalProcessor
+from worker.asr.contracts import Committed, share_committed
 from worker.asr.online import OnlineASRProcessor
 from worker.protocol.events import ErrorEvent, SegmentEvent, SessionEnded, SessionStarted
 from worker.protocol.messages import DeadLetter, Message
@@ -85,9 +85,7 @@ class SessionRecords:
         self._record(event)
         # the other channels of the call hear it (a conversational processor prompts with it);
         # in channel order within an iteration, so a restored session hands over the same words
-        for other, proc in enumerate(self.processors):
-            if other != channel and isinstance(proc, ConversationalProcessor) and committed.words:
-                proc.hear(committed.words)
+        share_committed(self.processors, channel, committed.words)
         self.totals.segments += 1
         self.totals.words += len(words)
         if self.stats.latest_sent_at > 0:
