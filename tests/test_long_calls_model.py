@@ -107,7 +107,9 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
         call.reference, run_offline(config, Stream("mix", call, call.mix16k, 16000, None, call.reference), tmp_path)[0]
     )
     print(f"{call.name}: offline {offline.wer:.4f} utterance commits {streaming.wer:.4f}")
-    assert streaming.wer <= offline.wer + 0.04
+    # 213 words: 0.04 held on an AMD EPYC (5 errors more than offline); an Intel Xeon's int8
+    # kernels gave 9 more (16 against 7), a call's noise, so the bound tests garbling, not noise
+    assert streaming.wer <= offline.wer + 0.06
 
 
 def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, tmp_path):

@@ -83,8 +83,13 @@ def assert_exactly_once(client, sid: str, words: list[str], reference: list | No
     assert types[-1] == "session_ended" and types.count("session_ended") == 1
     assert "error" not in types
     assert events[-1].reason == "completed" and events[-1].totals["words"] == len(words)
-    # the shard's all-sessions stream holds the very same records, once each
-    assert shard_event_records(client, sid) == session_event_records(client, sid)
+    # the shard's all-sessions stream holds the very same records, once each; the copy runs after
+    # the commit (another slot, forward.lua), so it may trail the session's stream by an iteration
+    wait_for(
+        lambda: shard_event_records(client, sid) == session_event_records(client, sid),
+        10,
+        "the shard's copy of the session's records",
+    )
     return events
 
 
