@@ -185,10 +185,8 @@ def test_words_said_again_survive_the_prompt_copy_guard(monkeypatch):
     prompt = "And so, my fellow Americans, ask not what your country can do for you"
     result = asr.transcribe_requests([TranscribeRequest(audio, prompt, final=True)])[0]
     text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in asr.ts_words(result)).lower()).split())
-    # whether this decode copies the prompt depends on the CPU's int8 kernels (an AMD EPYC's does,
-    # an Intel Xeon's does not); either way the guard ran once and the spoken words are kept
-    assert len(seen) == 1
-    assert "not what your country can do for you" in text
+    assert seen == [True]
+    assert "ask not what your country can do for you" in text
 
 
 def test_a_decode_that_continues_committed_text_returns_only_the_words_after_it():
