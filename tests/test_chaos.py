@@ -22,10 +22,9 @@ from tests.worker_helpers import (
     client_for,
     ended,
     oracle,
-    session_event_records,
     session_events,
-    shard_event_records,
     wait_for,
+    wait_for_shard_copy,
     words_of,
 )
 from worker.backends.synthetic import encode_words, random_words
@@ -118,11 +117,7 @@ def test_worker_sigkills_sigstops_and_redis_restarts_lose_and_repeat_nothing(tmp
                 assert [e.seq for e in events] == list(range(1, len(events) + 1)), sid
                 assert types.count("session_started") == 1 and types[-1] == "session_ended", sid
                 assert "error" not in types and events[-1].reason == "completed", sid
-                wait_for(
-                    lambda sid=sid: shard_event_records(client, sid) == session_event_records(client, sid),
-                    10,
-                    f"{sid}'s records copied once each to its shard stream",
-                )
+                wait_for_shard_copy(client, sid)
             client.close()
     finally:
         redis.stop()

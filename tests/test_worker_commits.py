@@ -24,11 +24,11 @@ from tests.worker_helpers import (
     ended,
     oracle,
     record_seqs,
-    session_event_records,
     session_events,
     shard_event_records,
     synthetic_settings,
     wait_for,
+    wait_for_shard_copy,
     words_of,
 )
 from worker.backends.synthetic import encode_words, random_words
@@ -133,5 +133,5 @@ def test_a_wrong_typed_shard_stream_delays_the_copy_but_never_copies_a_record_tw
 
     client.delete(shard_dlq)
     wait_for(lambda: client.exists(shard_dlq), 15, "the dead letter's copy")
-    wait_for(lambda: shard_event_records(client, sid) == session_event_records(client, sid), 15, "the copy")
+    wait_for_shard_copy(client, sid, timeout=15)
     assert dead_letter_reasons(client, sid) == (["malformed"], ["malformed"])

@@ -26,13 +26,12 @@ from tests.worker_helpers import (
     oracle,
     reference_segments,
     segments_of,
-    session_event_records,
     session_events,
-    shard_event_records,
     slow_backend,
     state,
     synthetic_settings,
     wait_for,
+    wait_for_shard_copy,
     words_of,
     write_session,
 )
@@ -83,13 +82,7 @@ def assert_exactly_once(client, sid: str, words: list[str], reference: list | No
     assert types[-1] == "session_ended" and types.count("session_ended") == 1
     assert "error" not in types
     assert events[-1].reason == "completed" and events[-1].totals["words"] == len(words)
-    # the shard's all-sessions stream holds the very same records, once each; the copy runs after
-    # the commit (another slot, forward.lua), so it may trail the session's stream by an iteration
-    wait_for(
-        lambda: shard_event_records(client, sid) == session_event_records(client, sid),
-        10,
-        "the shard's copy of the session's records",
-    )
+    wait_for_shard_copy(client, sid)
     return events
 
 

@@ -351,6 +351,19 @@ def shard_event_records(client: Any, sid: str) -> list[tuple[int, str, bytes]]:
     return [(int(f[b"seq"]), f[b"type"].decode(), f[b"m"]) for _id, f in entries if f[b"session"] == sid.encode()]
 
 
+def wait_for_shard_copy(client: Any, sid: str, timeout: float = 10.0) -> None:
+    """Wait until the shard's events stream holds the session's records, the very same, once each.
+
+    The copy (``forward.lua``) runs after the commit, in another slot, so it may trail the
+    session's own stream by an iteration, or longer while a copy is refused and retried.
+    """
+    wait_for(
+        lambda: shard_event_records(client, sid) == session_event_records(client, sid),
+        timeout,
+        f"{sid}'s records copied once each to its shard stream",
+    )
+
+
 def record_seqs(client: Any, sid: str) -> list[int]:
     """The record numbers of the session's events and dead letters together, in number order.
 
