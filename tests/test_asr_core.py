@@ -358,6 +358,32 @@ def test_a_decode_that_repeats_four_words_of_its_prompt_counts_as_a_copy_and_thr
     assert not copies_prompt(decode("Can", "you", "confirm", "your", "number?"), (), tokenizer)
 
 
+def test_a_segment_whose_aligned_words_run_seconds_past_its_closing_timestamp_is_skewed():
+    from worker.backends.decode_guards import Decoded, timing_skew
+
+    class Tokenizer:  # tokens below 99 are text, 99 ends it, 100 + n is the timestamp n * 0.02 s
+        eot, timestamp_begin = 99, 100
+
+    def at(seconds: float) -> int:
+        return 100 + round(seconds / 0.02)
+
+    def aligned(*spans: tuple[float, float]) -> list[dict]:
+        return [{"word": "w", "tokens": [0], "start": s, "end": e} for s, e in spans]
+
+    tokenizer = Tokenizer()
+    # the measured failure: eight words in a segment closed at 2.0 s, aligned out to 10.34 s
+    skipped = Decoded([at(0.0), *range(8), at(2.0), 99], -0.55, 0.0, 1.0)
+    spread = aligned(*[(k * 1.3, k * 1.3 + 1.0) for k in range(7)], (7.3, 10.34))
+    assert abs(timing_skew(skipped, spread, tokenizer) - 8.34) < 1e-6
+    # two segments that agree with their alignment within a fraction of a second
+    agreed = Decoded([at(0.0), 0, 1, at(1.0), at(1.5), 2, 3, at(3.0), 99], -0.2, 0.0, 1.0)
+    assert timing_skew(agreed, aligned((0.0, 0.4), (0.4, 1.2), (1.6, 2.0), (2.0, 3.3)), tokenizer) < 0.5
+    # a merged word (two tokens) counts its tokens; an open last segment has no closing time
+    merged = [{"word": "w.", "tokens": [0, 1], "start": 0.0, "end": 4.5}]
+    assert timing_skew(Decoded([at(0.0), 0, 1, at(1.0), 99], -0.2, 0.0, 1.0), merged, tokenizer) == 3.5
+    assert timing_skew(Decoded([at(0.0), 0, 1, 99], -0.2, 0.0, 1.0), merged, tokenizer) == 0.0
+
+
 def test_a_phrase_said_four_times_in_a_row_is_a_loop_and_three_times_is_not():
     from worker.backends.decode_guards import loop_start
 

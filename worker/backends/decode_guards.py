@@ -6,6 +6,9 @@ asks these functions about each decode and decodes again or cuts:
 * a **loop** ("I'm I'm I'm ...", "9, 9, 9, 9"): decoded again with a beam; cut after the first copy
   if it still loops;
 * a **prompt copy**: the decode repeats words of its prompt; decoded again without the prompt;
+* a **prompt skip**: the decode's timestamps and its word alignment disagree by seconds, as when a
+  prompt that holds the words the speaker says again led Whisper past them; decoded again
+  without the prompt;
 * a **prefix echo**: a continuation says its forced prefix again; those words are dropped;
 * **timeless words**: a run of words that the alignment gives no time at all, or a word said again
   in next to no time; they are dropped (:func:`drop_timeless`, which the faster-whisper backend
@@ -20,6 +23,8 @@ from typing import Any
 
 from worker.asr.contracts import Word
 
+#: Seconds per timestamp token.
+TIME_PRECISION = 0.02
 #: Above this gzip compression ratio a decode is a repetition loop (Whisper's own threshold).
 COMPRESSION_RATIO_LIMIT = 2.4
 #: A run of up to this many tokens said this many times in a row is a loop ("9, 9, 9, 9", or
@@ -29,6 +34,11 @@ LOOP_REPEATS = 4
 #: A decode that repeats this many consecutive words of its prompt may be copying the prompt
 #: (Whisper does so on short or unclear audio); it is decoded again without one.
 PROMPT_COPY_WORDS = 4
+#: A decode's timestamp tokens and its word alignment are two estimates of when its words were
+#: said; they differ by a fraction of a second. Seconds apart, the text is not what the audio holds
+#: (measured: a prompt holding the words the speaker said again, an 11 s decode said their last
+#: phrase in a segment closed at 2.0 s, and the alignment stretched it to 10.3 s).
+TIMING_SKEW_SEC = 2.0
 #: A continuation that starts by saying this many words of its prefix again is echoing it.
 PREFIX_ECHO_WORDS = 2
 #: Words shorter than this are timeless to the alignment, and a run of this many of them is text
@@ -121,6 +131,36 @@ def copies_prompt(decoded: Decoded, previous: tuple[str, ...], tokenizer: Any) -
     said = plain_words(tokenizer.decode(text_tokens(decoded, tokenizer)))
     grams = {previous[i : i + n] for i in range(len(previous) - n + 1)}
     return any(said[i : i + n] in grams for i in range(len(said) - n + 1))
+
+
+def timing_skew(decoded: Decoded, words: list[dict[str, Any]], tokenizer: Any) -> float:
+    """Seconds by which the alignment puts a closed segment's last word past the segment's end.
+
+    ``words`` are the decode's aligned words (faster-whisper's dicts, punctuation merged); the
+    segment is closed by its timestamp token. 0 when they agree or no segment is closed.
+    """
+    begin, count, skew = tokenizer.timestamp_begin, 0, 0.0
+    ends = _word_ends(words)
+    opened = False
+    for token in decoded.tokens:
+        if token < tokenizer.eot:
+            count += 1
+            opened = True
+        elif token >= begin and opened and count:
+            # a timestamp after text closes the segment: its last word is the count-th token's
+            skew = max(skew, ends.get(count, 0.0) - (token - begin) * TIME_PRECISION)
+            opened = False
+    return skew
+
+
+def _word_ends(words: list[dict[str, Any]]) -> dict[int, float]:
+    """The aligned end of the word holding each text token, by the token's 1-based index."""
+    ends, seen = {}, 0
+    for w in words:
+        for _ in w["tokens"]:
+            seen += 1
+            ends[seen] = float(w["end"])
+    return ends
 
 
 def compression_ratio(text: str) -> float:

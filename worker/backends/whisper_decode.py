@@ -18,7 +18,10 @@ long), so here every request is one window, and the whole batch goes through fou
    one whose text repeats four words of its prompt in a row is decoded again without the
    prompt (Whisper copies its prompt on short or unclear audio; words really said again are
    heard again without it);
-4. **align**: one ``align`` per bucket gives the word timestamps.
+4. **align**: one ``align`` per bucket gives the word timestamps. A prompted request whose
+   alignment puts a segment's words seconds past the timestamp that closed it was led past
+   words the audio holds (a prompt holding words the speaker says again can do that instead of
+   copying them): it is decoded and aligned again without the prompt.
 
 A request may carry a ``prefix``: the text already committed for the start of its audio. It goes
 after the task tokens as an open segment, so the decode continues it; only the words after it are
@@ -43,6 +46,8 @@ import numpy as np
 from worker.backends.decode_guards import (
     APPEND,
     PREPEND,
+    TIME_PRECISION,
+    TIMING_SKEW_SEC,
     Decoded,
     copies_prompt,
     cut_loop,
@@ -50,14 +55,14 @@ from worker.backends.decode_guards import (
     plain_words,
     prefix_echo,
     scored,
+    timing_skew,
 )
 from worker.backends.features import FeatureBackend, LogMel, log_mel_for
 
 #: Windows are rounded up to this many mel frames (5 s): few shapes, so many requests share one.
 WINDOW_QUANTUM = 500
 FULL_WINDOW = 3000
-#: Seconds per timestamp token, and per mel frame.
-TIME_PRECISION = 0.02
+#: Seconds per mel frame.
 FRAME_SEC = 0.01
 #: The beam of the retry of a repetitive decode.
 RETRY_BEAM = 5
@@ -173,6 +178,23 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             # still looping: keep the text before the loop (one copy of the repeated part)
             cut_loop(d, tokenizer)
         words = _align(model, tokenizer, encoded, [prepared[i] for i in members], decoded)
+        skipped = [
+            k
+            for k, d in enumerate(decoded)
+            if k not in copied
+            and prepared[members[k]].previous
+            and timing_skew(d, words[k], tokenizer) > TIMING_SKEW_SEC
+        ]
+        if skipped:
+            # the prompt led the decode past words the audio holds (the speaker said them again):
+            # the same request without it
+            bare = [prepared[members[k]].without_prompt(tokenizer) for k in skipped]
+            rows = _select(encoded, skipped)
+            again = _generate(model, tokenizer, rows, bare, beam, options)
+            for d in again:
+                cut_loop(d, tokenizer)
+            for k, d, w in zip(skipped, again, _align(model, tokenizer, rows, bare, again), strict=True):
+                decoded[k], words[k] = d, w
         for k, i in enumerate(members):
             echo = prefix_echo(words[k], decoded[k])
             results[i] = _segments(tokenizer, decoded[k], words[k], prepared[i].content * FRAME_SEC, echo)
