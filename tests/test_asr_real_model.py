@@ -195,6 +195,9 @@ def test_words_said_again_survive_the_prompt_guards(monkeypatch):
     text = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(w.text for w in asr.ts_words(result)).lower()).split())
     assert fired in ([("copy", True)], [("copy", False), ("skip", True)])
     assert "ask not what your country can do for you" in text
+    # what the worker exports as streamscribe_redecodes_total: the guard that fired, once
+    assert asr.take_redecodes() == ({"prompt_copy": 1} if fired[-1][0] == "copy" else {"prompt_skip": 1})
+    assert asr.take_redecodes() == {}
 
 
 def test_a_decode_that_continues_committed_text_returns_only_the_words_after_it():

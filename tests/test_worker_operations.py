@@ -159,3 +159,55 @@ class RecordingObserver(WorkerObserver):
 
     def waiting(self, sessions: int) -> None:
         self.waiting_counts.append(sessions)
+
+
+def test_every_decode_a_backend_reports_as_redone_is_counted_once_by_its_guard(redis_url):
+    from worker.asr.config import ASRConfig
+    from worker.asr.online import OnlineASRProcessor
+    from worker.backends import registry
+    from worker.backends.synthetic import SyntheticASR
+    from worker.metrics import PrometheusObserver
+
+    class GuardedASR(SyntheticASR):
+        """Reports every request it decodes as decoded again by a loop guard."""
+
+        decoded = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.untaken = 0
+
+        def transcribe_requests(self, requests):
+            self.untaken += len(requests)
+            GuardedASR.decoded += len(requests)
+            return super().transcribe_requests(requests)
+
+        def take_redecodes(self):
+            taken, self.untaken = self.untaken, 0
+            return {"loop": taken} if taken else {}
+
+    class GuardedLoader:
+        def load(self, config: ASRConfig):
+            processor = OnlineASRProcessor.from_config(GuardedASR(config.lan), config, vad=False)
+            return processor, {"separator": " ", "backend": "guarded"}
+
+    registry.MODEL_LOADERS["guarded"] = GuardedLoader()
+    try:
+        sessions = {f"guarded-{k}": random_words(25, seed=40 + k) for k in range(3)}
+        for sid, words in sessions.items():
+            write_session(redis_url, sid, encode_words(words))
+        settings = synthetic_settings(
+            redis_url, asr={"backend": "guarded", "model": "tones", "vad": False}, allowed_backends=["guarded"]
+        )
+        observer = PrometheusObserver()
+        Worker(settings, observer=observer).run(burst=True)
+    finally:
+        del registry.MODEL_LOADERS["guarded"]
+
+    client = client_for(redis_url)
+    for sid, words in sessions.items():
+        assert words_of(session_events(client, sid)) == oracle(words)
+    # batched requests count on the backend that ran the batch, closing decodes on their own:
+    # every one of them is read once
+    assert GuardedASR.decoded > 3
+    assert observer.registry.get_sample_value("streamscribe_redecodes_total", {"guard": "loop"}) == GuardedASR.decoded

@@ -63,6 +63,7 @@ class WorkerObserver:
     def chunks_received(self, chunks: int, audio_sec: float) -> None: ...
     def chunks_processed(self, chunks: int, audio_sec: float) -> None: ...
     def batch_done(self, size: int, inference_sec: float, audio_sec: float) -> None: ...
+    def redecoded(self, counts: dict[str, int]) -> None: ...
     def committed(self, result: str, segments: int) -> None: ...
     def latency(self, seconds: float) -> None: ...
     def takeover(self) -> None: ...
@@ -113,6 +114,12 @@ class PrometheusObserver(WorkerObserver):
         )
         self.rejected_inputs_total = Counter(
             "streamscribe_rejected_inputs_total", "Input entries rejected, by reason", ["reason"], registry=r
+        )
+        self.redecodes_total = Counter(
+            "streamscribe_redecodes_total",
+            "Requests a backend's quality guard decoded again (loop, prompt_copy, prompt_skip)",
+            ["guard"],
+            registry=r,
         )
         self.sessions_ended_total = Counter(
             "streamscribe_sessions_ended_total", "Sessions ended by this worker, by reason", ["reason"], registry=r
@@ -186,6 +193,10 @@ class PrometheusObserver(WorkerObserver):
         self.inference_duration_seconds.observe(inference_sec)
         if audio_sec > 0:
             self.real_time_factor.observe(inference_sec / audio_sec)
+
+    def redecoded(self, counts: dict[str, int]) -> None:
+        for guard, n in counts.items():
+            self.redecodes_total.labels(guard=guard).inc(n)
 
     def committed(self, result: str, segments: int) -> None:
         self.commits_total.labels(result=result).inc()

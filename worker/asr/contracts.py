@@ -156,6 +156,14 @@ class ASRBase:
         """
         return (type(self), id(self))
 
+    def take_redecodes(self) -> dict[str, int]:
+        """Requests decoded again since the last call, by the guard that did it; resets the count.
+
+        What a backend's quality guards cost (faster-whisper: a repetition loop, a copied or a
+        skipping prompt): the worker exports it as ``streamscribe_redecodes_total``. None by default.
+        """
+        return {}
+
     def ts_words(self, result: Any) -> list[tuple[float, float, str]] | list[Word]:
         """Words of a result as ``(start, end, word)``, in seconds relative to the buffer."""
         raise NotImplementedError

@@ -146,7 +146,7 @@ def timing_skew(decoded: Decoded, words: list[dict[str, Any]], tokenizer: Any) -
         if token < tokenizer.eot:
             count += 1
             opened = True
-        elif token >= begin and opened and count:
+        elif token >= begin and opened:
             # a timestamp after text closes the segment: its last word is the count-th token's
             skew = max(skew, ends.get(count, 0.0) - (token - begin) * TIME_PRECISION)
             opened = False

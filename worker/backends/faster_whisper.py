@@ -8,6 +8,7 @@ any other name or path resolves as faster-whisper resolves it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -105,6 +106,7 @@ class FasterWhisperASR(ASRBase):
         self.final_beam_size = final_beam_size or beam_size
         self.no_speech_threshold = no_speech_threshold
         self.log_prob_threshold = log_prob_threshold
+        self._redecodes: Counter[str] = Counter()
         super().__init__(lan, modelsize, cache_dir, model_dir, **kwargs)
 
     def load_model(
@@ -159,7 +161,12 @@ class FasterWhisperASR(ASRBase):
 
         assert self.original_language is not None
         options = DecodeOptions(self.original_language, self._task)
-        return decode_batch(self.model, [self._request(r) for r in requests], options)
+        return decode_batch(self.model, [self._request(r) for r in requests], options, self._redecodes)
+
+    def take_redecodes(self) -> dict[str, int]:
+        taken = {guard: n for guard, n in self._redecodes.items() if n}
+        self._redecodes.clear()
+        return taken
 
     def _request(self, request: TranscribeRequest) -> Any:
         from worker.backends.whisper_decode import DecodeRequest

@@ -36,7 +36,7 @@ replay after a failover may differ in).
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,8 +143,19 @@ class _Prepared:
         return _Prepared(self.features, self.content, self.window, prompt, (), self.prefix)
 
 
-def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions) -> list[list[Any]]:
-    """faster-whisper ``Segment`` lists (with words) for each request, in order."""
+#: The guards that decode a request again, as :func:`decode_batch` counts them.
+REDECODE_GUARDS = ("loop", "prompt_copy", "prompt_skip")
+
+
+def decode_batch(
+    model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions, redecodes: Counter[str] | None = None
+) -> list[list[Any]]:
+    """faster-whisper ``Segment`` lists (with words) for each request, in order.
+
+    ``redecodes``, when given, counts the requests each guard decoded again (``REDECODE_GUARDS``):
+    what the guards cost, for the worker's metrics.
+    """
+    counts: Counter[str] = Counter() if redecodes is None else redecodes
     tokenizer = _tokenizer(model, options.task, options.language)
     log_mel = log_mel_for(model, options.features)
     prepared = [_prepare(log_mel, tokenizer, r) for r in requests]
@@ -160,6 +171,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
         encoded = _encode(model, log_mel, [prepared[i] for i in members], window)
         decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
         retry = [k for k, d in enumerate(decoded) if looping(d, tokenizer) and beam < RETRY_BEAM]
+        counts["loop"] += len(retry)
         if retry:
             # a repetition loop: beam search usually escapes it; same request, same answer
             again = _generate(
@@ -168,6 +180,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             for k, d in zip(retry, again, strict=True):
                 decoded[k] = d
         copied = [k for k, d in enumerate(decoded) if copies_prompt(d, prepared[members[k]].previous, tokenizer)]
+        counts["prompt_copy"] += len(copied)
         if copied:
             # the same request without its prompt: what it says then was said, not copied
             bare = [prepared[members[k]].without_prompt(tokenizer) for k in copied]
@@ -185,6 +198,7 @@ def decode_batch(model: Any, requests: Sequence[DecodeRequest], options: DecodeO
             and prepared[members[k]].previous
             and timing_skew(d, words[k], tokenizer) > TIMING_SKEW_SEC
         ]
+        counts["prompt_skip"] += len(skipped)
         if skipped:
             # the prompt led the decode past words the audio holds (the speaker said them again):
             # the same request without it

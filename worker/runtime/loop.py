@@ -234,6 +234,9 @@ class Worker:
         for s in self.sessions.values():
             if s.dirty:
                 isolated(s, "finishing its iteration", s.finish_iteration, default=None)
+            for proc in s.processors:
+                # a batch's guards count on the backend that ran it, a closing decode's on its own
+                self.observer.redecoded(proc.asr.take_redecodes())
         due = [s for s in self.sessions.values() if s.dirty and self.commit_retry.due(s.session_id)]
         committed = self._commit(due)
         self._finish_ended()
