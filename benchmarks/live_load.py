@@ -284,7 +284,8 @@ def _print_result(r: dict[str, Any]) -> None:
     share = None if cores is None else 100 * cores / cpu["machine_cores"]
     print(
         f"  worker: RTF {_fmt(w['rtf'], '.3f')}  busy {_fmt(w['busy'], '.0%')}  mean batch {_fmt(w['mean_batch'])}"
-        f" ({int(w['batches'])} batches)  backlog max {_fmt(r['backlog_max_sec'], '.1f', ' s')}"
+        f" ({int(w['batches'])} batches, {int(w.get('redecodes') or 0)} decoded again)"
+        f"  backlog max {_fmt(r['backlog_max_sec'], '.1f', ' s')}"
         f"  economy {_fmt(r['economy_share'], '.0%')} of the time"
         f" (cheap decodes {_fmt(r.get('cheap_decodes_share'), '.0%')})"
         f"  CPU {_fmt(cores)} cores ({_fmt(share, '.0f', '%')} of {cpu['machine_cores']})"

@@ -39,6 +39,8 @@ LATENCY_COUNT = "streamscribe_end_to_end_latency_seconds_count"
 BACKLOG = "streamscribe_backlog_audio_seconds"
 ACTIVE = "streamscribe_sessions_active"
 ECONOMY = "streamscribe_economy"
+#: summed over its guards
+REDECODES = "streamscribe_redecodes_total"
 
 
 def streamscribe_command() -> list[str]:
@@ -64,7 +66,8 @@ def metrics_delta(before: dict[str, float], after: dict[str, float], wall_sec: f
 
     ``rtf``: inference seconds per second of audio whose processing was committed;
     ``busy``: inference seconds per wall second (1.0 = the model never idle);
-    ``mean_batch``: transcribe requests per batched call.
+    ``mean_batch``: transcribe requests per batched call;
+    ``redecodes``: requests the backend's quality guards decoded again.
     """
 
     def d(name: str) -> float:
@@ -79,6 +82,7 @@ def metrics_delta(before: dict[str, float], after: dict[str, float], wall_sec: f
         "busy": inference / wall_sec if wall_sec > 0 else None,
         "batches": batches,
         "mean_batch": d(BATCH_SUM) / batches if batches > 0 else None,
+        "redecodes": d(REDECODES),
         "worker_latency_mean": d(LATENCY_SUM) / d(LATENCY_COUNT) if d(LATENCY_COUNT) > 0 else None,
     }
 
