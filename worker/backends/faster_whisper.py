@@ -164,7 +164,7 @@ class FasterWhisperASR(ASRBase):
         return decode_batch(self.model, [self._request(r) for r in requests], options, self._redecodes)
 
     def take_redecodes(self) -> dict[str, int]:
-        taken = {guard: n for guard, n in self._redecodes.items() if n}
+        taken = dict(self._redecodes)  # decode_batch counts a guard only when it fired
         self._redecodes.clear()
         return taken
 

@@ -143,17 +143,13 @@ class _Prepared:
         return _Prepared(self.features, self.content, self.window, prompt, (), self.prefix)
 
 
-#: The guards that decode a request again, as :func:`decode_batch` counts them.
-REDECODE_GUARDS = ("loop", "prompt_copy", "prompt_skip")
-
-
 def decode_batch(
     model: Any, requests: Sequence[DecodeRequest], options: DecodeOptions, redecodes: Counter[str] | None = None
 ) -> list[list[Any]]:
     """faster-whisper ``Segment`` lists (with words) for each request, in order.
 
-    ``redecodes``, when given, counts the requests each guard decoded again (``REDECODE_GUARDS``):
-    what the guards cost, for the worker's metrics.
+    ``redecodes``, when given, counts the requests each guard decoded again (``loop``,
+    ``prompt_copy``, ``prompt_skip``): what the guards cost, for the worker's metrics.
     """
     counts: Counter[str] = Counter() if redecodes is None else redecodes
     tokenizer = _tokenizer(model, options.task, options.language)
@@ -171,8 +167,8 @@ def decode_batch(
         encoded = _encode(model, log_mel, [prepared[i] for i in members], window)
         decoded = _generate(model, tokenizer, encoded, [prepared[i] for i in members], beam, options)
         retry = [k for k, d in enumerate(decoded) if looping(d, tokenizer) and beam < RETRY_BEAM]
-        counts["loop"] += len(retry)
         if retry:
+            counts["loop"] += len(retry)
             # a repetition loop: beam search usually escapes it; same request, same answer
             again = _generate(
                 model, tokenizer, _select(encoded, retry), [prepared[members[k]] for k in retry], RETRY_BEAM, options
@@ -180,8 +176,8 @@ def decode_batch(
             for k, d in zip(retry, again, strict=True):
                 decoded[k] = d
         copied = [k for k, d in enumerate(decoded) if copies_prompt(d, prepared[members[k]].previous, tokenizer)]
-        counts["prompt_copy"] += len(copied)
         if copied:
+            counts["prompt_copy"] += len(copied)
             # the same request without its prompt: what it says then was said, not copied
             bare = [prepared[members[k]].without_prompt(tokenizer) for k in copied]
             again = _generate(model, tokenizer, _select(encoded, copied), bare, beam, options)
@@ -198,8 +194,8 @@ def decode_batch(
             and prepared[members[k]].previous
             and timing_skew(d, words[k], tokenizer) > TIMING_SKEW_SEC
         ]
-        counts["prompt_skip"] += len(skipped)
         if skipped:
+            counts["prompt_skip"] += len(skipped)
             # the prompt led the decode past words the audio holds (the speaker said them again):
             # the same request without it
             bare = [prepared[members[k]].without_prompt(tokenizer) for k in skipped]
