@@ -114,7 +114,7 @@ def run_channels(config: ASRConfig, audios: list[np.ndarray], rate: int, chunk_s
 
     A word's lag is its own: the audio fed when it was committed minus its end.
     """
-    processors = [load_processor(config)[0] for _ in audios]
+    processors = [load_processor(config.for_channels(len(audios)))[0] for _ in audios]
     runs = [ChannelRun() for _ in audios]
     for channel, committed, emit, busy in stream_channels(processors, audios, rate, chunk_sec):
         runs[channel].busy += busy

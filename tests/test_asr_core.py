@@ -411,7 +411,7 @@ def test_a_continuation_that_says_its_prefix_again_is_an_echo_and_one_repeated_w
     assert prefix_echo(said, decoded(0)) == 0
 
 
-def test_the_commit_deadline_is_two_and_a_half_seconds_by_default_and_set_or_unset_from_flag_and_environment(
+def test_the_commit_deadline_is_two_seconds_by_default_and_set_or_unset_from_flag_and_environment(
     monkeypatch,
 ):
     import argparse
@@ -425,15 +425,15 @@ def test_the_commit_deadline_is_two_and_a_half_seconds_by_default_and_set_or_uns
     def deadline(*flags: str) -> float | None:
         return settings_from_args(parser.parse_args(["worker", *flags])).asr.commit_deadline_sec
 
-    assert ASRConfig().commit_deadline_sec == 2.5 and deadline() == 2.5
+    assert ASRConfig().commit_deadline_sec == 2.0 and deadline() == 2.0
     assert deadline("--commit-deadline-sec", "1.5") == 1.5
     assert deadline("--commit-deadline-sec", "none") is None
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--commit-deadline-sec", "soon"])
     monkeypatch.setenv("STREAMSCRIBE_ASR__COMMIT_DEADLINE_SEC", "null")
     assert WorkerSettings().asr.commit_deadline_sec is None and deadline() is None
-    monkeypatch.setenv("STREAMSCRIBE_ASR__COMMIT_DEADLINE_SEC", "2")
-    assert deadline() == 2.0 and deadline("--commit-deadline-sec", "none") is None
+    monkeypatch.setenv("STREAMSCRIBE_ASR__COMMIT_DEADLINE_SEC", "2.5")
+    assert deadline() == 2.5 and deadline("--commit-deadline-sec", "none") is None
 
 
 def test_three_words_the_alignment_gives_no_time_are_dropped_and_two_stay():
@@ -495,7 +495,7 @@ def test_turn_context_moves_the_cut_back_to_the_earliest_phrase_start_within_its
     assert proc._with_turn_context(18.0) == 18.0
     # the configuration reaches the processor
     assert OnlineASRProcessor.from_config(SyntheticASR(), ASRConfig(turn_context_sec=2.5)).turn_context_sec == 2.5
-    assert ASRConfig().turn_context_sec == 4.0
+    assert ASRConfig().turn_context_sec == 10.0 and ASRConfig().channel_turn_context_sec == 4.0
 
 
 def test_economy_drops_the_kept_context_at_once_and_cuts_later_turns_in_the_pause():
@@ -531,7 +531,7 @@ def test_only_the_second_economy_level_marks_requests_for_a_cheaper_decode_and_i
     assert not proc._request(audio).economy
 
 
-def test_turn_context_is_four_seconds_by_default_and_set_from_the_worker_flag_or_the_environment(monkeypatch):
+def test_turn_context_is_ten_seconds_and_four_per_channel_by_default_and_set_from_flag_or_environment(monkeypatch):
     import argparse
 
     from worker.cli.worker import add_parser, settings_from_args
@@ -539,10 +539,16 @@ def test_turn_context_is_four_seconds_by_default_and_set_from_the_worker_flag_or
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    assert settings_from_args(parser.parse_args(["worker"])).asr.turn_context_sec == 4.0
-    flagged = settings_from_args(parser.parse_args(["worker", "--turn-context-sec", "0"]))
-    assert flagged.asr.turn_context_sec == 0.0
+    asr = settings_from_args(parser.parse_args(["worker"])).asr
+    assert (asr.turn_context_sec, asr.channel_turn_context_sec) == (10.0, 4.0)
+    flagged = settings_from_args(
+        parser.parse_args(["worker", "--turn-context-sec", "0", "--channel-turn-context-sec", "2.5"])
+    ).asr
+    assert (flagged.turn_context_sec, flagged.channel_turn_context_sec) == (0.0, 2.5)
     monkeypatch.setenv("STREAMSCRIBE_ASR__TURN_CONTEXT_SEC", "3")
-    assert WorkerSettings().asr.turn_context_sec == 3.0
+    monkeypatch.setenv("STREAMSCRIBE_ASR__CHANNEL_TURN_CONTEXT_SEC", "1")
+    assert (WorkerSettings().asr.turn_context_sec, WorkerSettings().asr.channel_turn_context_sec) == (3.0, 1.0)
     with pytest.raises(ConfigError, match="turn_context_sec"):
         ASRConfig.parse(turn_context_sec=-1)
+    with pytest.raises(ConfigError, match="channel_turn_context_sec"):
+        ASRConfig.parse(channel_turn_context_sec=11)

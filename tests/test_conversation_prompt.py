@@ -157,3 +157,37 @@ def test_channels_streamed_together_without_the_conversation_prompt_commit_what_
         if committed.words:
             together[channel].append(committed.words)
     assert together == alone and all(alone)
+
+
+def test_each_channel_of_a_multichannel_session_keeps_the_channel_turn_context_and_a_mono_session_the_other(
+    redis_url, monkeypatch
+):
+    import worker.runtime.acquire as acquire
+
+    built: list[float] = []
+    load = acquire.load_processor
+
+    def recording(config: ASRConfig):  # type: ignore[no-untyped-def]
+        built.append(config.turn_context_sec)
+        return load(config)
+
+    monkeypatch.setattr(acquire, "load_processor", recording)
+    _agent, _customer, audios = two_party_call()
+    producer = Producer(redis_url)
+    stereo = producer.open("stereo-call", sample_rate=16000, channels=2)
+    stereo.send(np.stack(audios, axis=1)[:16000])
+    stereo.close()
+    settings = synthetic_settings(redis_url)
+    settings = settings.model_copy(
+        update={"asr": settings.asr.replace(turn_context_sec=8.0, channel_turn_context_sec=3.0)}
+    )
+    Worker(settings).run(burst=True)
+    assert built == [3.0, 3.0]
+    mono = producer.open("mono-call", sample_rate=16000)
+    mono.send(audios[0][:16000])
+    mono.close()
+    Worker(settings).run(burst=True)
+    assert built == [3.0, 3.0, 8.0]
+    # the benchmark builds a call's channels as the worker does
+    assert ASRConfig().for_channels(2).turn_context_sec == ASRConfig().channel_turn_context_sec
+    assert ASRConfig().for_channels(1) == ASRConfig()

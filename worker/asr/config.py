@@ -36,11 +36,12 @@ class ASRConfig(BaseModel):
         " full 30 s window; chunk decodes only feed partials (closest to offline, commits later)",
     )
     commit_deadline_sec: float | None = Field(
-        2.5,
+        2.0,
         gt=0,
         le=30,
         description="agreement: a word with this much audio after it commits from the newest decode, agreed or"
-        " not (2.5 s bounds the lag where agreement stalls: 6 long calls p95 2.92 -> 2.86 s, +0.1 WER points);"
+        " not (bounds the lag where agreement stalls; with the 10 s turn context, 2.0 s gives all 26 long"
+        " 16 kHz calls a lag p95 of 2.80 s against 2.96 s with 2.5 s, and 0.2 WER points fewer);"
         " None: wait for agreement, a pause or the utterance end",
     )
     committed_prefix: bool = Field(
@@ -51,14 +52,23 @@ class ASRConfig(BaseModel):
         " 8 kHz mu-law (docs/benchmarks.md); backends that cannot ignore it",
     )
     turn_context_sec: float = Field(
-        4.0,
+        10.0,
         ge=0,
         le=10,
         description="vac: at an utterance end the buffer keeps up to this many seconds of the committed speech"
-        " before it (from a sentence start), so the next turn is decoded with the turns before it in the"
-        " window, as offline and whisper_streaming decode it. 4 s on all 26 long calls: -1.2 WER points on"
-        " 8 kHz mu-law and about -1 on the 16 kHz mix, for RTF 0.44 against 0.33; a loaded worker drops it"
-        " (economy, docs/benchmarks.md); 0: cut in the pause",
+        " before it (from a sentence start), so the next turn is decoded with the turns before it (the other"
+        " party's among them) in the window, as offline and whisper_streaming decode it. All 26 long 16 kHz"
+        " calls: 11.70 % with 10 s and the 2.0 s deadline, 12.69 % with 4 s and 2.5 s (docs/benchmarks.md);"
+        " a loaded worker drops it (economy); 0: cut in the pause. Single-channel sessions: each channel of"
+        " a multichannel one keeps channel_turn_context_sec",
+    )
+    channel_turn_context_sec: float = Field(
+        4.0,
+        ge=0,
+        le=10,
+        description="turn_context_sec of each channel of a multichannel session, whose context is that speaker's"
+        " own last turn (the other party's words reach it as text: conversation_prompt). 10 s on 6 long"
+        " stereo calls: no better, and the agent channel's lag p95 3.01 s against 2.44 s",
     )
     conversation_prompt: bool = Field(
         True,
@@ -124,3 +134,10 @@ class ASRConfig(BaseModel):
 
     def replace(self, **changes: Any) -> ASRConfig:
         return ASRConfig.parse(**{**self.model_dump(), **changes})
+
+    def for_channels(self, channels: int) -> ASRConfig:
+        """The configuration of each processor of a session with ``channels`` channels: with more
+        than one, the turn context is ``channel_turn_context_sec``."""
+        if channels <= 1 or self.turn_context_sec == self.channel_turn_context_sec:
+            return self
+        return self.replace(turn_context_sec=self.channel_turn_context_sec)

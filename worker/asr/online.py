@@ -39,15 +39,16 @@ whisper_streaming's voice activity controller does it:
   ``utterance_end``), and cuts the buffer in the pause. Buffers stay one turn long, so each
   decode is cheap and the words at a turn's end commit about half a second after they are said;
 * within a stretch, LocalAgreement commits as before, and with ``commit_deadline_sec``
-  (2.5 s by default) a word of the newest hypothesis commits once that much audio follows it,
+  (2.0 s by default) a word of the newest hypothesis commits once that much audio follows it,
   agreed or not, which bounds commit lag. With
   ``commit_policy="utterance"`` nothing commits inside a stretch: its chunk decodes only feed
   partials, and the stretch is committed once, at its end, from one decode in Whisper's full
   window.
-* with ``turn_context_sec`` (4 s in the default ``ASRConfig``), the cut at an utterance end keeps
-  that much of the committed speech before it, from a sentence start: the next turn is decoded
-  with the turns before it in the window (their words are re-read and dropped by time, as
-  committed words are).
+* with ``turn_context_sec`` (10 s in the default ``ASRConfig``; 4 s for each channel of a
+  multichannel session, ``ASRConfig.for_channels``), the cut at an utterance end keeps that much
+  of the committed speech before it, from a sentence start: the next turn is decoded with the
+  turns before it in the window (their words are re-read and dropped by time, as committed
+  words are).
   It is the first cost a worker short of compute drops (:meth:`set_economy`): the buffer is then
   cut in the pause, as it was before the context existed; a worker further short of compute also
   marks every request for a cheaper decode (``TranscribeRequest.economy``);

@@ -16,7 +16,7 @@ so all a function of the input:
   and committing them now saves a chunk of latency;
 * **chunk**: ``min_chunk_sec`` of new audio in a stretch. LocalAgreement, plus words of a
   single hypothesis that the model is sure of and that lie well inside the audio, plus (with
-  ``commit_deadline_sec``, 2.5 s by default) the words that have that much audio after them.
+  ``commit_deadline_sec``, 2.0 s by default) the words that have that much audio after them.
 
 With ``commit_policy="utterance"`` there are no short-pause points, and a chunk commits nothing:
 its hypothesis is the partial, and the whole stretch is committed at its end from one decode

@@ -84,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument(
         "--commit-deadline-sec",
         type=_seconds_or_none,
-        help="agreement: commit a word once this much audio follows it, agreed or not (default 2.5:"
+        help="agreement: commit a word once this much audio follows it, agreed or not (default 2.0:"
         " commit lag p95 under 3 s; none: wait for agreement, a pause or the utterance end)",
     )
     asr.add_argument(
@@ -97,8 +97,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asr.add_argument(
         "--turn-context-sec",
         type=float,
-        help="keep this much of the turns before an utterance in the buffer as context (default 4; a loaded"
+        help="keep this much of the turns before an utterance in the buffer as context (default 10; a loaded"
         " worker drops it, see STREAMSCRIBE_ECONOMY_UTILISATION; 0: cut in the pause)",
+    )
+    asr.add_argument(
+        "--channel-turn-context-sec",
+        type=float,
+        help="--turn-context-sec of each channel of a multichannel session (default 4: there the context is"
+        " the speaker's own last turn, and the other party's words come through the conversation prompt)",
     )
     asr.add_argument(
         "--conversation-prompt",
@@ -147,6 +153,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         "commit_deadline_sec": args.commit_deadline_sec,
         "committed_prefix": args.committed_prefix,
         "turn_context_sec": args.turn_context_sec,
+        "channel_turn_context_sec": args.channel_turn_context_sec,
         "conversation_prompt": args.conversation_prompt,
     }
     changes = {k: (None if v is NONE else v) for k, v in asr_flags.items() if v is not None}

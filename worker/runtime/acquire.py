@@ -141,7 +141,8 @@ class SessionFactory:
         try:
             if load_error is not None:
                 raise ConfigError(f"model {config.model!r} could not be loaded: {load_error}")
-            loaded = [load_processor(config) for _ in range(opened.channels)]
+            per_channel = config.for_channels(opened.channels)
+            loaded = [load_processor(per_channel) for _ in range(opened.channels)]
         except Exception as e:  # faster-whisper, ctranslate2 and the hub raise their own types
             # the session asked for something allowed; this worker could not provide it
             session = self._live(lease, opened, [], opened.sample_rate, config)
