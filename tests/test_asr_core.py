@@ -531,6 +531,22 @@ def test_only_the_second_economy_level_marks_requests_for_a_cheaper_decode_and_i
     assert not proc._request(audio).economy
 
 
+def test_greedy_economy_decodes_commit_by_deadline_no_sooner_than_two_and_a_half_seconds():
+    proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, commit_deadline_sec=2.0)
+    assert proc._deadline(10.0) == pytest.approx(8.0)
+    proc.set_economy(EconomyLevel.NO_CONTEXT)  # beam decodes still: the deadline as set
+    assert proc._deadline(10.0) == pytest.approx(8.0)
+    proc.set_economy(EconomyLevel.CHEAP_DECODES)
+    assert proc._deadline(10.0) == pytest.approx(7.5)
+    proc.commit_deadline_sec = 3.0  # a longer deadline stays as it is
+    assert proc._deadline(10.0) == pytest.approx(7.0)
+    proc.commit_deadline_sec = None
+    assert proc._deadline(10.0) is None
+    proc.set_economy(EconomyLevel.OFF)
+    proc.commit_deadline_sec = 2.0
+    assert proc._deadline(10.0) == pytest.approx(8.0)
+
+
 def test_turn_context_is_ten_seconds_and_four_per_channel_by_default_and_set_from_flag_or_environment(monkeypatch):
     import argparse
 
