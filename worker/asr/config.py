@@ -138,6 +138,6 @@ class ASRConfig(BaseModel):
     def for_channels(self, channels: int) -> ASRConfig:
         """The configuration of each processor of a session with ``channels`` channels: with more
         than one, the turn context is ``channel_turn_context_sec``."""
-        if channels <= 1 or self.turn_context_sec == self.channel_turn_context_sec:
+        if channels <= 1:
             return self
         return self.replace(turn_context_sec=self.channel_turn_context_sec)
