@@ -31,9 +31,12 @@ STOPS_AFTER_SEC = 1.6
 class EarlyStoppingASR(ASRBase):
     """A word every 0.4 s of the request's audio; past 3 s of audio, only the first 1.6 s of them."""
 
+    long_sec = 3.0
+    stops_after_sec = STOPS_AFTER_SEC
+
     def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[tuple[float, float, str]]:
         seconds = audio.shape[0] / 16000
-        heard = STOPS_AFTER_SEC if seconds > 3.0 else seconds - 0.3
+        heard = self.stops_after_sec if seconds > self.long_sec else seconds - 0.3
         words = []
         for k in range(int(heard / STEP_SEC)):
             start = k * STEP_SEC
@@ -81,3 +84,50 @@ def test_the_voiced_audio_after_a_closing_decode_that_stopped_early_is_decoded_a
     monkeypatch.setattr(utterance, "EARLY_STOP_SEC", float("inf"))
     lost = stream(audio)
     assert largest_gap(lost, 0.5, 4.6) >= 2.0
+
+
+class SentencedASR(EarlyStoppingASR):
+    """Past 4 s of audio only the first 3.6 s of words, every third one ending a sentence."""
+
+    long_sec = 4.0
+    stops_after_sec = 3.6
+
+    def transcribe(self, audio: np.ndarray, init_prompt: str = "") -> list[tuple[float, float, str]]:
+        words = super().transcribe(audio, init_prompt)
+        return [(s, e, text + ("." if k % 3 == 2 else "")) for k, (s, e, text) in enumerate(words)]
+
+
+def test_the_decode_after_an_early_stop_starts_at_the_committed_sentence_before_it_and_commits_nothing_twice(
+    monkeypatch,
+):
+    cuts: list[tuple[float, float, float]] = []
+    resume_cut = utterance.UtteranceBuffering._resume_cut
+
+    def spy(self: OnlineASRProcessor, heard: float) -> float:
+        cut = resume_cut(self, heard)
+        cuts.append((heard, cut, self.buffer_start / self.sample_rate))
+        return cut
+
+    monkeypatch.setattr(utterance.UtteranceBuffering, "_resume_cut", spy)
+    processor = OnlineASRProcessor(SentencedASR("en"), vad=True, vac=True)
+    processor.init()
+    audio = decode_file(speech_dir() / TWO_SPEAKERS)
+    commits = []
+    for i in range(0, audio.shape[0], 1600):
+        processor.insert_audio_chunk(audio[i : i + 1600])
+        while processor.is_due():
+            commits.append(processor.process_iter())
+    commits.append(processor.finish())
+    words = [w for c in commits for w in c.words]
+
+    resumed = [(heard, cut, start) for heard, cut, start in cuts if cut < heard]
+    assert resumed, cuts
+    starts = {round(w.start - utterance.CONTEXT_LEAD_SEC, 6) for w in words}
+    for heard, cut, start in resumed:
+        # a sentence start at least RESUME_CONTEXT_SEC before the last word heard, past the old start
+        assert round(cut, 6) in starts
+        assert start + utterance.RESUME_MIN_SEC <= cut <= heard - utterance.RESUME_CONTEXT_SEC
+    # the re-read sentence is not committed again: the committed words run forward in time
+    for before, after in itertools.pairwise(words):
+        assert after.start >= before.end - 0.05, (before, after)
+    assert largest_gap(commits, 0.5, 4.6) < 1.0

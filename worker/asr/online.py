@@ -55,8 +55,8 @@ whisper_streaming's voice activity controller does it:
 * :meth:`finish` decodes the open stretch once more instead of committing a stale hypothesis,
   so the last words of a call are not lost;
 * a closing decode (utterance end or :meth:`finish`) whose words stop ``EARLY_STOP_SEC`` before
-  the voice does is not the end of the stretch: the rest is decoded again on its own
-  (:mod:`worker.asr.utterance`).
+  the voice does is not the end of the stretch: the rest is decoded again, after the last
+  committed phrase as context (:mod:`worker.asr.utterance`).
 """
 
 from __future__ import annotations
