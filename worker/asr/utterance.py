@@ -63,8 +63,8 @@ RESUME_MIN_SEC = 0.3
 #: The decode after an early stop starts at the last committed phrase that begins at least this
 #: long before the last word heard, not at that word's end: the rest of the turn, decoded alone,
 #: began mid-sentence with nothing to go on ("Did you receive an e-mail from us and out this?").
-#: 6 long calls, one run each: 16 kHz mix 11.48 -> 11.04 % (lag p95 2.98 -> 3.00 s), μ-law
-#: 24.51 -> 24.59 % with its lag p95 3.10 -> 2.96 s (docs/benchmarks.md).
+#: All 26 long calls: 16 kHz mix 11.70 -> 11.02 % (lag p95 2.80 -> 2.94 s), μ-law 26.76 ->
+#: 25.85 % (lag p95 3.08 -> 3.18 s: longer buffers stop early more often; docs/benchmarks.md).
 RESUME_CONTEXT_SEC = 2.0
 #: From ``EconomyLevel.CHEAP_DECODES`` up the newest hypothesis is a greedy decode in a tight window,
 #: and a shorter ``commit_deadline_sec`` would commit its guesses: a worker behind four gateway
