@@ -51,8 +51,8 @@ class EarlyStoppingASR(ASRBase):
         return [result[-1][1]] if result else []
 
 
-def stream(audio: np.ndarray) -> list:
-    processor = OnlineASRProcessor(EarlyStoppingASR("en"), vad=True, vac=True)
+def stream(audio: np.ndarray, asr: ASRBase | None = None) -> list:
+    processor = OnlineASRProcessor(asr or EarlyStoppingASR("en"), vad=True, vac=True)
     processor.init()
     out = []
     for i in range(0, audio.shape[0], 1600):
@@ -109,15 +109,7 @@ def test_the_decode_after_an_early_stop_starts_at_the_committed_sentence_before_
         return cut
 
     monkeypatch.setattr(utterance.UtteranceBuffering, "_resume_cut", spy)
-    processor = OnlineASRProcessor(SentencedASR("en"), vad=True, vac=True)
-    processor.init()
-    audio = decode_file(speech_dir() / TWO_SPEAKERS)
-    commits = []
-    for i in range(0, audio.shape[0], 1600):
-        processor.insert_audio_chunk(audio[i : i + 1600])
-        while processor.is_due():
-            commits.append(processor.process_iter())
-    commits.append(processor.finish())
+    commits = stream(decode_file(speech_dir() / TWO_SPEAKERS), SentencedASR("en"))
     words = [w for c in commits for w in c.words]
 
     resumed = [(heard, cut, start) for heard, cut, start in cuts if cut < heard]
