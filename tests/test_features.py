@@ -7,11 +7,11 @@ execute the same code as on a device, short of the device itself.
 from __future__ import annotations
 
 import difflib
-import re
 
 import numpy as np
 import pytest
 
+from benchmarks.call_scoring import normalise
 from benchmarks.corpus import load_manifest
 from worker.asr.audio import decode_file
 from worker.asr.contracts import TranscribeRequest
@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch", reason="the test extra installs torch (CPU 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def plain(word: str) -> str:
-    return re.sub(r"[^a-z0-9']", "", word.lower())
+def plain(words: list[str]) -> list[str]:
+    """The words as a scorer reads them (Whisper's English normaliser): "I'll" is "I will"."""
+    return normalise(" ".join(words)).split()
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +76,19 @@ def test_a_batch_decoded_from_torch_features_gives_the_words_of_numpy_features(a
     }
     words = {backend: [[(w.text, w.start, w.end) for w in asr.ts_words(r)] for r in out] for backend, out in by.items()}
     # rounding may flip a close call between two spellings (" For" and " for" after a prompt
-    # seen once), or, on an Intel Xeon's int8 kernels, whether a decode says a recording's last
-    # word ("built around it" against "built around"): at most one word per recording differs
+    # seen once; "I will" and "I'll" on an AVX-512 AMD EPYC), or, on an Intel Xeon's int8
+    # kernels, whether a decode says a recording's last word ("built around it" against "built
+    # around"): read as a scorer reads them, at most one word per recording differs
     assert sum(len(ws) for ws in words["numpy"]) > 40
     differing = 0
     for a, b in zip(words["numpy"], words["torch"], strict=True):
-        texts = [plain(t) for t, _s, _e in a], [plain(t) for t, _s, _e in b]
+        texts = plain([t for t, _s, _e in a]), plain([t for t, _s, _e in b])
         same = sum(m.size for m in difflib.SequenceMatcher(None, *texts).get_matching_blocks())
         assert max(map(len, texts)) - same <= 1, texts
-        if texts[0] != texts[1]:
+        if texts[0] != texts[1] or len(a) != len(b):
             differing += 1  # another token sequence is aligned afresh: its times may move
             continue
         # features differ by about 1e-5 here; one word start moved by two alignment frames (40 ms)
-        assert all(abs(x[1] - y[1]) <= 0.041 and abs(x[2] - y[2]) <= 0.041 for x, y in zip(a, b, strict=True))
+        # on the Intel Xeon, by three (60 ms: " nor" in recording 8) on an AVX-512 AMD EPYC
+        assert all(abs(x[1] - y[1]) <= 0.061 and abs(x[2] - y[2]) <= 0.061 for x, y in zip(a, b, strict=True))
     assert differing <= 1, "the features change what more than one recording says"

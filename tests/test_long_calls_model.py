@@ -32,8 +32,14 @@ def ci_calls(tmp_path_factory):
     return build_calls("ci", tmp_path_factory.mktemp("calls"))
 
 
-def test_streaming_on_the_ci_calls_stays_near_offline_with_low_commit_lag(ci_calls, tmp_path):
-    results = [evaluate(s, ASRConfig(), tmp_path) for c in ci_calls for s in streams_of(c, ["mix"])]
+@pytest.fixture(scope="module")
+def offline_cache(tmp_path_factory):
+    """One cache of the offline baselines for the module: several tests score the same call."""
+    return tmp_path_factory.mktemp("offline")
+
+
+def test_streaming_on_the_ci_calls_stays_near_offline_with_low_commit_lag(ci_calls, offline_cache):
+    results = [evaluate(s, ASRConfig(), offline_cache) for c in ci_calls for s in streams_of(c, ["mix"])]
     streaming = pooled([r.streaming_score for r in results]).wer
     offline = pooled([r.offline_score for r in results]).wer
     lags = [lag for r in results for lag in r.lags]
@@ -71,10 +77,10 @@ def test_utterance_ends_mark_the_pauses_between_turns_and_nothing_inside_a_phras
         assert any(abs(end - m) < 0.8 for m in marks), (end, marks)
 
 
-def test_the_mu_law_call_streams_at_8_khz_without_loops(ci_calls, tmp_path):
+def test_the_mu_law_call_streams_at_8_khz_without_loops(ci_calls, offline_cache):
     call = ci_calls[2]
     stream = Stream("ulaw", call, call.ulaw8k, 8000, None, call.reference)
-    result = evaluate(stream, ASRConfig(), tmp_path)
+    result = evaluate(stream, ASRConfig(), offline_cache)
     words = result.streaming.split()
     # no word repeats four times running (the decoder cuts repetition loops)
     assert not any(len(set(words[i : i + 4])) == 1 for i in range(len(words) - 3))
@@ -82,7 +88,7 @@ def test_the_mu_law_call_streams_at_8_khz_without_loops(ci_calls, tmp_path):
     assert decode_file(call.ulaw8k, 8000).shape[0] == round(call.seconds * 8000)
 
 
-def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_calls, tmp_path):
+def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_calls, offline_cache):
     call = ci_calls[3]
     config = ASRConfig(commit_policy="utterance", beam_size=1, turn_context_sec=0.0)
     audio = decode_file(call.mix16k, 16000)
@@ -104,7 +110,8 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
     # scored as the benchmark scores it (the same feed as its run_streaming), against offline on the same audio
     streaming = score(call.reference, " ".join(s.text.strip() for s in segments if s.text.strip()))
     offline = score(
-        call.reference, run_offline(config, Stream("mix", call, call.mix16k, 16000, None, call.reference), tmp_path)[0]
+        call.reference,
+        run_offline(config, Stream("mix", call, call.mix16k, 16000, None, call.reference), offline_cache)[0],
     )
     print(f"{call.name}: offline {offline.wer:.4f} utterance commits {streaming.wer:.4f}")
     # 213 words: 0.04 held on an AMD EPYC (5 errors more than offline); an Intel Xeon's int8
@@ -112,11 +119,11 @@ def test_utterance_commits_come_only_at_utterance_ends_with_partials_between(ci_
     assert streaming.wer <= offline.wer + 0.06
 
 
-def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, tmp_path):
+def test_a_commit_deadline_bounds_how_long_words_wait_for_agreement(ci_calls, offline_cache):
     call = ci_calls[1]
     stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
-    waiting = evaluate(stream, ASRConfig(commit_deadline_sec=None, turn_context_sec=0.0), tmp_path)
-    bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5, turn_context_sec=0.0), tmp_path)
+    waiting = evaluate(stream, ASRConfig(commit_deadline_sec=None, turn_context_sec=0.0), offline_cache)
+    bounded = evaluate(stream, ASRConfig(commit_deadline_sec=1.5, turn_context_sec=0.0), offline_cache)
     p95 = percentile(waiting.lags, 95), percentile(bounded.lags, 95)
     print(f"{call.name}: lag p95 {p95[0]:.2f} s, with a 1.5 s deadline {p95[1]:.2f} s")
     # a word waits at most the deadline plus one chunk, unless it stays a hypothesis's last word
@@ -137,7 +144,9 @@ def test_commit_kinds_names_the_rule_that_committed_every_word(tmp_path, capsys)
     assert "wrong by probability" in capsys.readouterr().out
 
 
-def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_buffer(ci_calls, tmp_path, monkeypatch):
+def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_buffer(
+    ci_calls, offline_cache, monkeypatch
+):
     from worker.backends.faster_whisper import FasterWhisperASR
 
     prefixes: list[str] = []
@@ -150,12 +159,15 @@ def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_
     monkeypatch.setattr(FasterWhisperASR, "transcribe_requests", spy)
     call = ci_calls[2]
     stream = Stream("mix", call, call.mix16k, 16000, None, call.reference)
-    prefixed = evaluate(stream, ASRConfig(committed_prefix=True, turn_context_sec=0.0), tmp_path)
+    prefixed = evaluate(stream, ASRConfig(committed_prefix=True, turn_context_sec=0.0), offline_cache)
     assert sum(bool(p) for p in prefixes) >= len(prefixes) // 3  # decodes inside a turn continue it
     plain_prefixes = len(prefixes)
-    spliced = evaluate(stream, ASRConfig(turn_context_sec=0.0), tmp_path)
-    assert not any(prefixes[plain_prefixes:])  # off by default
-    print(f"{call.name}: prefix {prefixed.streaming_score.wer:.4f}, spliced {spliced.streaming_score.wer:.4f}")
+    # off by default: the first 20 s of the same call, streamed with the defaults, continue nothing
+    spliced, _ = load_processor(ASRConfig(turn_context_sec=0.0))
+    for _committed in stream_commits(spliced, stream.audio(16000)[: 20 * 16000], 16000):
+        pass
+    assert len(prefixes) > plain_prefixes and not any(prefixes[plain_prefixes:])
+    print(f"{call.name}: prefix {prefixed.streaming_score.wer:.4f}, offline {prefixed.offline_score.wer:.4f}")
     # one 139-word call, so a word is 0.7 points: 18.71 % (offline 12.95 %) while agreement compared
     # raw text, 20.14 % since it ignores case and punctuation (26 and 28 errors); the bound is that
     # with 2 words to spare, and a prefix mode that went astray would lose far more
@@ -165,7 +177,7 @@ def test_with_committed_prefix_each_decode_continues_the_words_committed_in_its_
     assert not any(words[i : i + 3] == words[i + 3 : i + 6] for i in range(len(words) - 5))
 
 
-def test_turn_context_keeps_the_turns_before_in_the_buffer_and_a_restore_stays_exact(ci_calls, tmp_path):
+def test_turn_context_keeps_the_turns_before_in_the_buffer_and_a_restore_stays_exact(ci_calls, offline_cache):
     call = ci_calls[0]
     stream = streams_of(call, ["mix"])[0]
     audio = stream.audio(16000)
@@ -196,7 +208,7 @@ def test_turn_context_keeps_the_turns_before_in_the_buffer_and_a_restore_stays_e
     # (plus the 0.1 s lead before its first word)
     assert max(kept) > 1.0 and max(kept) <= 4.1 + 1e-6, kept
     text = " ".join(o[2] for o in outputs if o[2])
-    offline, _busy = run_offline(config, stream, tmp_path)
+    offline, _busy = run_offline(config, stream, offline_cache)
     streamed_wer, offline_wer = score(stream.reference, text).wer, score(stream.reference, offline).wer
     print(f"{call.name}: offline {offline_wer:.4f} with turn context {streamed_wer:.4f}")
     assert streamed_wer <= offline_wer + 0.08

@@ -272,7 +272,11 @@ def _drain(proc: subprocess.Popen, lines: queue.Queue) -> None:
 
 class RealtimeProducer(threading.Thread):
     """Streams ``audio`` as one session from a thread: ``chunk_frames`` per chunk, one chunk every
-    ``interval_sec`` (real time is ``chunk_frames / sample_rate``; less is faster), then the end."""
+    ``interval_sec`` (real time is ``chunk_frames / sample_rate``; less is faster), then the end.
+
+    ``finish(hurry=True)`` sends what is left at once: a test that has seen what it waited for
+    need not wait out the rest of the call in real time.
+    """
 
     def __init__(
         self,
@@ -293,6 +297,7 @@ class RealtimeProducer(threading.Thread):
         self.chunks_total = -(-audio.shape[0] // chunk_frames)
         self.sent = 0
         self.error: BaseException | None = None
+        self.hurried = threading.Event()
 
     def run(self) -> None:
         try:
@@ -300,12 +305,14 @@ class RealtimeProducer(threading.Thread):
             for k in range(self.chunks_total):
                 self.writer.send(self.audio[k * self.chunk_frames : (k + 1) * self.chunk_frames])
                 self.sent = k + 1
-                time.sleep(max(0.0, started + (k + 1) * self.interval_sec - time.monotonic()))
+                self.hurried.wait(max(0.0, started + (k + 1) * self.interval_sec - time.monotonic()))
             self.writer.close()
         except BaseException as e:  # reported by finish()
             self.error = e
 
-    def finish(self, timeout: float = 60.0) -> None:
+    def finish(self, timeout: float = 60.0, *, hurry: bool = False) -> None:
+        if hurry:
+            self.hurried.set()
         self.join(timeout)
         assert not self.is_alive(), "the producer did not finish"
         if self.error is not None:
