@@ -15,6 +15,7 @@ from worker.asr.config import ASRConfig
 from worker.asr.contracts import ASRBase, ASRProcessor, Committed, EconomicalProcessor, EconomyLevel, ModelLoader, Word
 from worker.asr.hypothesis import HypothesisBuffer
 from worker.asr.online import MAX_BUFFER_SEC, PROMPT_CHARS, OnlineASRProcessor
+from worker.asr.utterance import CONTEXT_SPAN_SEC
 from worker.backends import registry
 from worker.backends.synthetic import SyntheticASR, encode_words, expected_words, random_words
 from worker.errors import BackendUnavailableError, ConfigError, ModelIntegrityError, UnknownBackendError
@@ -486,16 +487,48 @@ def test_turn_context_moves_the_cut_back_to_the_earliest_phrase_start_within_its
     # the buffer's first committed word counts as a start
     proc.transcript_buffer.committed_in_buffer = words[2:5]
     assert proc._with_turn_context(18.0) == pytest.approx(13.9)
-    # no phrase starts inside the window: its earliest word
-    proc.transcript_buffer.committed_in_buffer = [*words[1:4], Word(14.9, 15.3, " Anna", 0.9)]
+    # no phrase starts inside the window (4 s back from the last word's end): its earliest word
+    unbroken = [Word(15.4, 15.8, " how", 0.9), Word(15.9, 16.2, " can", 0.9), Word(16.3, 17.9, " I", 0.9)]
+    proc.transcript_buffer.committed_in_buffer = [*words[1:4], Word(14.9, 15.3, " Anna", 0.9), *unbroken]
     assert proc._with_turn_context(18.0) == pytest.approx(13.9)
-    # nothing committed within the window, or the option off: the cut stays
-    assert proc._with_turn_context(25.0) == 25.0
+    # nothing committed before the cut, or the option off: the cut stays
+    proc.transcript_buffer.committed_in_buffer = [Word(18.5, 18.9, " Later", 0.9)]
+    assert proc._with_turn_context(18.0) == 18.0
+    proc.transcript_buffer.committed_in_buffer = list(words)
     proc.turn_context_sec = 0.0
     assert proc._with_turn_context(18.0) == 18.0
     # the configuration reaches the processor
     assert OnlineASRProcessor.from_config(SyntheticASR(), ASRConfig(turn_context_sec=2.5)).turn_context_sec == 2.5
     assert ASRConfig().turn_context_sec == 10.0 and ASRConfig().channel_turn_context_sec == 4.0
+
+
+def test_turn_context_stays_through_the_silence_after_it_until_it_lies_a_span_before_the_cut():
+    # one channel of a call: the speaker's turn ends at 15.8 s, the other party talks till 24 s
+    proc = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
+    proc.insert_audio_chunk(np.zeros(30 * 16000, dtype=np.float32))
+    turn = [
+        Word(9.0, 9.4, " Hello,", 0.9),  # more than 4 s of speech before the turn's last word
+        Word(12.4, 12.8, " Thank", 0.9),
+        Word(12.9, 13.3, " you.", 0.9),
+        Word(13.4, 13.9, " Could", 0.9),
+        Word(14.0, 14.6, " I", 0.9),
+        Word(15.4, 15.8, " help?", 0.9),
+    ]
+    proc.transcript_buffer.committed_in_buffer = list(turn)
+    # the context is measured back from the last word, not from the cut, however far the cut moved
+    for cut in (16.3, 20.0, 24.0):
+        assert proc._with_turn_context(cut) == pytest.approx(12.3), cut
+    # ... until it would start more than the span before the cut: then its later phrases, then none
+    assert CONTEXT_SPAN_SEC == 12.0
+    assert proc._with_turn_context(24.5) == pytest.approx(13.3)
+    assert proc._with_turn_context(26.5) == pytest.approx(15.3)
+    assert proc._with_turn_context(27.5) == 27.5
+    # a restored processor holds the same committed words, so it keeps the same context
+    proc._trim_to(proc._with_turn_context(24.0))
+    restored = OnlineASRProcessor(SyntheticASR(), vad=True, vac=True, turn_context_sec=4.0)
+    restored.restore(proc.snapshot())
+    assert restored.buffer_start == proc.buffer_start == round(12.3 * 16000)
+    assert restored._with_turn_context(24.0) == proc._with_turn_context(24.0)
 
 
 def test_economy_drops_the_kept_context_at_once_and_cuts_later_turns_in_the_pause():

@@ -48,7 +48,8 @@ whisper_streaming's voice activity controller does it:
   multichannel session, ``ASRConfig.for_channels``), the cut at an utterance end keeps that much
   of the committed speech before it, from a sentence start: the next turn is decoded with the
   turns before it in the window (their words are re-read and dropped by time, as committed
-  words are).
+  words are). The context stays through the silence after it (on one channel of a call, the
+  other party's turn) while it starts within ``CONTEXT_SPAN_SEC`` (12 s) of the cut.
   It is the first cost a worker short of compute drops (:meth:`set_economy`): the buffer is then
   cut in the pause, as it was before the context existed; a worker further short of compute also
   marks every request for a cheaper decode (``TranscribeRequest.economy``);

@@ -71,6 +71,12 @@ RESUME_CONTEXT_SEC = 2.0
 #: sessions (``tests/test_gateways_real.py``, economy level 2 throughout) read 28.5 % with a 2.0 s
 #: deadline against 25.0 % with 2.5 s, and 20.0 % with either without economy.
 CHEAP_DECODE_DEADLINE_SEC = 2.5
+#: With ``turn_context_sec``, the context is the speech before the last committed word, and it stays
+#: in the buffer through the silence after it while it starts at most this long before the cut: on
+#: one channel of a call the speaker's last turn and the next lie a turn of the other party apart,
+#: and until 2026-12-07 the context aged out in that silence (it was the speech within
+#: ``turn_context_sec`` of the cut), so each turn was decoded without its speaker's voice before it.
+CONTEXT_SPAN_SEC = 12.0
 #: With ``turn_context_sec``, the context starts this long before its first word's aligned start.
 CONTEXT_LEAD_SEC = 0.1
 #: ... at a word after a sentence mark, or after a gap this long (a pause or a turn change).
@@ -256,8 +262,10 @@ class UtteranceBuffering:
 
         The context starts at a committed word that begins a sentence or follows a pause (a
         decode that starts mid-phrase tends to stop early), the earliest such word that starts
-        within ``turn_context_sec`` of ``cut``; failing one, at the earliest word within it. In a
-        long silence ``cut`` moves on, so the context ages out. Derived only from the committed
+        within ``turn_context_sec`` of the end of the last committed word before ``cut``; failing
+        one, at the earliest word within it. The silence after that word stays in the buffer
+        with it, until the context would start more than ``CONTEXT_SPAN_SEC`` before ``cut``:
+        then it ages out. Derived only from the committed
         words the snapshot holds, so a restored processor cuts at the same places, unless the
         worker's load switched economy (no context) on or off in between, as merged catch-up
         steps depend on the load too.
@@ -266,7 +274,16 @@ class UtteranceBuffering:
         if self.turn_context_sec <= 0 or self.economy >= EconomyLevel.NO_CONTEXT:
             return cut
         words = [w for w in self.transcript_buffer.committed_in_buffer if w.end <= cut]
-        inside = [k for k, w in enumerate(words) if w.start >= cut - self.turn_context_sec]
+        if not words:
+            return cut
+        # the last turn_context_sec of speech before the cut, however long the silence after it
+        # (on one channel of a call, the other party's turn), while it lies within the span
+        spoken = words[-1].end
+        inside = [
+            k
+            for k, w in enumerate(words)
+            if w.start >= spoken - self.turn_context_sec and w.start >= cut - CONTEXT_SPAN_SEC
+        ]
         if not inside:
             return cut
         starts = [k for k in inside if k == 0 or _begins_phrase(words[k - 1], words[k])]
