@@ -266,10 +266,9 @@ class UtteranceBuffering:
         within ``turn_context_sec`` of the end of the last committed word before ``cut``; failing
         one, at the earliest word within it. The silence after that word stays in the buffer
         with it, until the context would start more than ``CONTEXT_SPAN_SEC`` before ``cut``:
-        then it ages out. Derived only from the committed
-        words the snapshot holds, so a restored processor cuts at the same places, unless the
-        worker's load switched economy (no context) on or off in between, as merged catch-up
-        steps depend on the load too.
+        then it ages out. Derived only from the committed words the snapshot holds, so a
+        restored processor cuts at the same places, unless the worker's load switched economy
+        (no context) on or off in between, as merged catch-up steps depend on the load too.
         """
         self._plain_cut = cut
         if self.turn_context_sec <= 0 or self.economy >= EconomyLevel.NO_CONTEXT:
@@ -279,12 +278,8 @@ class UtteranceBuffering:
             return cut
         # the last turn_context_sec of speech before the cut, however long the silence after it
         # (on one channel of a call, the other party's turn), while it lies within the span
-        spoken = words[-1].end
-        inside = [
-            k
-            for k, w in enumerate(words)
-            if w.start >= spoken - self.turn_context_sec and w.start >= cut - CONTEXT_SPAN_SEC
-        ]
+        earliest = max(words[-1].end - self.turn_context_sec, cut - CONTEXT_SPAN_SEC)
+        inside = [k for k, w in enumerate(words) if w.start >= earliest]
         if not inside:
             return cut
         starts = [k for k in inside if k == 0 or _begins_phrase(words[k - 1], words[k])]
